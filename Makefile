@@ -1,0 +1,36 @@
+# rankbench: every target is a thin call into one entry point (scripts/, python -m ..., cargo).
+# The two commands a user needs: `make bench` (the whole study) and `make test`.
+
+PY      := .venv/bin/python
+CARGO   ?= cargo
+RESULTS ?= results/latest
+
+export SCALE ?= 1
+
+.PHONY: setup db-up db-down db-url db-status seed model test test-py clean-results
+
+setup:
+	@bash scripts/setup.sh
+
+db-up: setup
+	@$(PY) -m rankbench.pg up
+
+db-down:
+	@if [ -x $(PY) ]; then $(PY) -m rankbench.pg down; else echo "cluster not running (no .venv)"; fi
+
+db-url:
+	@$(PY) -m rankbench.pg url
+
+db-status:
+	@$(PY) -m rankbench.pg status
+
+seed: db-up
+	@$(PY) -m seed.data $(if $(FORCE),--force)
+
+model: setup
+	@$(PY) -m seed.model $(if $(FORCE),--force)
+
+# The tests start and stop what they need; these prerequisites only make a first run from a clean
+# clone take the same path a user takes.
+test: seed model
+	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Shared pieces of rankbench: paths and defaults, the server registry, the reference model."""

@@ -1,0 +1,1 @@
+"""Schema, deterministic data and the RankNet model: everything a benchmark run stands on."""
