@@ -34,3 +34,12 @@ model: setup
 # clone take the same path a user takes.
 test: seed model
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# Reports from a results folder (default: the newest run).
+.PHONY: report compare
+report:
+	@$(PY) -m analysis report $(RESULTS)
+
+compare:
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=results/<old> B=results/<new>" >&2; exit 2; }
+	@$(PY) -m analysis compare $(A) $(B)
