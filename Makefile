@@ -32,7 +32,7 @@ model: setup
 
 # The tests start and stop what they need; these prerequisites only make a first run from a clean
 # clone take the same path a user takes.
-test: seed model
+test: seed model build
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # Reports from a results folder (default: the newest run).
@@ -43,3 +43,20 @@ report:
 compare:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=results/<old> B=results/<new>" >&2; exit 2; }
 	@$(PY) -m analysis compare $(A) $(B)
+
+# The Rust server, release profile of candle_server/Cargo.toml (opt-level 3, fat LTO, one codegen unit).
+.PHONY: build
+build: setup
+	@$(CARGO) build --release --quiet --manifest-path candle_server/Cargo.toml
+
+# The study. Overrides: SERVERS= ITEMS= CONCURRENCY= DURATION= WARMUP= REPEATS= WORKERS= POOL= PIN=
+# (also TOP_K= WRK_THREADS= SEED= CEILING_CLIENTS=pool|concurrency); make passes them as env vars.
+.PHONY: bench bench-quick bench-sweep
+bench: seed model build
+	@$(PY) -m bench --profile default
+
+bench-quick: seed model build
+	@$(PY) -m bench --profile quick
+
+bench-sweep: seed model build
+	@$(PY) -m bench --profile sweep
