@@ -60,3 +60,12 @@ bench-quick: seed model build
 
 bench-sweep: seed model build
 	@$(PY) -m bench --profile sweep
+
+# Fault suite with issue 7's full figures; rewrites docs/robustness.md (RANKBENCH_SERVERS selects).
+.PHONY: faults soak
+faults: seed model build
+	@$(PY) -m tests.faults.report --profile full
+
+# 5 minutes at 80% of each server's peak; results/<UTC>-soak/ (not in CI).
+soak: seed model build
+	@$(PY) -m tests.faults.soak
