@@ -69,3 +69,14 @@ faults: seed model build
 # 5 minutes at 80% of each server's peak; results/<UTC>-soak/ (not in CI).
 soak: seed model build
 	@$(PY) -m tests.faults.soak
+
+# Servers in the foreground on their registry ports (py-torch 8001, py-onnx 8002, py-none 8005,
+# candle 8003, candle-no-model 8006). Ctrl-C stops them. WORKERS= and POOL= as in the bench.
+WORKERS ?= 1
+POOL ?= 8
+.PHONY: serve-torch serve-onnx serve-none serve-candle
+serve-torch serve-onnx serve-none: serve-%: db-up model
+	$(PY) -m py_servers --backend $* --workers $(WORKERS) --pool-size $(POOL)
+
+serve-candle: db-up model build
+	candle_server/target/release/candle_server --workers $(WORKERS) --pool-size $(POOL) --model-dir artifacts

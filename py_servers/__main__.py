@@ -1,0 +1,5 @@
+import sys
+
+from py_servers.main import main
+
+sys.exit(main())

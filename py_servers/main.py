@@ -1,0 +1,334 @@
+"""`python -m py_servers`: command line, sockets, worker processes.
+
+--workers 1 serves from this process. --workers W > 1: this process binds W sockets to the same port
+with SO_REUSEPORT (the kernel spreads connections over them), forks one worker per socket, and
+supervises: a worker that dies after it was ready is restarted (its socket stays open in the parent,
+so connections queue instead of being refused), a worker that fails to start stops the server.
+SIGTERM or SIGINT: stop accepting, finish in-flight requests, close the pool, exit 0 within 5 s.
+
+Each worker loads the model itself after the fork (no runtime thread pools are copied across a fork)
+and starts listening only once the model is warm and the pool is connected.
+"""
+from __future__ import annotations
+
+import os
+
+# One thread per worker for every native pool that numpy/torch/onnxruntime might start on import.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from py_servers.backends import BACKENDS, BackendError, check_backend  # noqa: E402
+from py_servers.stats import SharedStats  # noqa: E402
+from rankbench import config  # noqa: E402
+
+SHUTDOWN_GRACE_S = 3.0      # worker: time given to in-flight requests
+SUPERVISOR_KILL_S = 4.5     # parent: SIGKILL what is still running after this
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str
+    host: str
+    port: int
+    dsn: str
+    workers: int
+    pool_size: int
+    model_dir: Path
+    timers: bool
+
+    @property
+    def server_name(self) -> str:
+        return f"py-{self.backend}"
+
+    def pool_share(self, worker: int) -> int:
+        """--pool-size is the total over all workers; at least one connection each."""
+        base, extra = divmod(self.pool_size, self.workers)
+        return max(1, base + (1 if worker < extra else 0))
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m py_servers",
+        description="rankbench Python server (uvloop + httptools + asyncpg + orjson); "
+                    "see docs/contract.md")
+    parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
+                        help="model runtime; `none` skips inference (the DB-and-HTTP floor)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None,
+                        help="default: the server's port in rankbench.servers")
+    parser.add_argument("--dsn", default=None, help="default: $DATABASE_URL or the private cluster")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    parser.add_argument("--pool-size", type=int, default=8,
+                        help="database connections in total, split over the workers")
+    parser.add_argument("--model-dir", type=Path, default=config.ARTIFACTS_DIR)
+    parser.add_argument("--no-timers", action="store_true",
+                        help="do not time stages (to measure what the timers cost); "
+                             "/stats still counts requests and errors")
+    args = parser.parse_args(argv)
+    if args.port is None:
+        from rankbench.servers import SERVERS
+        spec = SERVERS.get(f"py-{args.backend}")
+        args.port = spec.default_port if spec else 8000
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.pool_size < 1:
+        parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
+    return Settings(backend=args.backend, host=args.host, port=args.port,
+                    dsn=args.dsn or config.dsn(), workers=args.workers, pool_size=args.pool_size,
+                    model_dir=args.model_dir, timers=not args.no_timers)
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets bound to one address with SO_REUSEPORT (not yet listening).
+
+    SO_REUSEPORT would also let us join a port that another server already serves, silently
+    splitting its traffic; a plain bind first makes that an error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        port = probe.getsockname()[1]
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((address[0], port, *address[2:]))
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+# -- one worker ---------------------------------------------------------------------------------
+def run_worker(settings: Settings, index: int, sock: socket.socket, shared: SharedStats) -> int:
+    import uvloop
+
+    from py_servers.backends import load_backend, warm_up
+
+    name = settings.server_name
+    try:
+        backend = load_backend(settings.backend, settings.model_dir)
+        warm_up(backend)
+    except BackendError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return uvloop.run(_serve(settings, index, sock, shared, backend))
+
+
+async def _serve(settings: Settings, index: int, sock, shared: SharedStats, backend) -> int:
+    import asyncio
+
+    from py_servers.app import App
+    from py_servers.db import Database
+    from py_servers.http import HttpProtocol, ResponseHead
+
+    loop = asyncio.get_running_loop()
+    name = settings.server_name
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    pool_size = settings.pool_share(index)
+    shared.set_worker(index, pid=os.getpid(), pool_size=pool_size)
+    database = Database(settings.dsn, pool_size)
+    try:
+        problem = await database.open()
+    except RuntimeError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    if problem is not None:
+        print(f"{name}: worker {index}: database unavailable at start ({problem}); "
+              f"answering 503 until it returns", file=sys.stderr)
+    if stop.is_set():
+        await database.close(1.0)
+        return 0
+
+    app = App(server_name=name, backend=backend, database=database, shared_stats=shared,
+              recorder=shared.recorder(index, timers=settings.timers), worker=index,
+              workers=settings.workers,
+              pool_total=sum(settings.pool_share(w) for w in range(settings.workers)))
+    head = ResponseHead(name)
+    # Everything allocated so far (the runtime's modules: ~190k objects with torch) lives as long
+    # as the process. Freezing it keeps the cyclic collector from walking it again: a full
+    # collection with torch loaded takes 150-350 ms on this machine, a pause in mid-benchmark.
+    gc.collect()
+    gc.freeze()
+    server = await loop.create_server(lambda: HttpProtocol(app, head), sock=sock, backlog=1024)
+    shared.set_ready(index, True)
+
+    def housekeeping():
+        head.refresh_date()
+        now = time.monotonic()
+        for connection in list(app.connections):
+            connection.check_timeouts(now)
+        timer[0] = loop.call_later(1.0, housekeeping)
+
+    timer = [loop.call_later(1.0, housekeeping)]
+    await stop.wait()
+
+    # Graceful stop: no new connections, idle keep-alive connections closed, busy ones closed
+    # after their last response, then the pool.
+    shared.set_ready(index, False)
+    server.close()
+    app.draining = True
+    for connection in list(app.connections):
+        connection.close_if_idle()
+    deadline = loop.time() + SHUTDOWN_GRACE_S
+    while (app.tasks or app.connections) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    timer[0].cancel()
+    for connection in list(app.connections):
+        connection.abort()
+    for task in list(app.tasks):
+        task.cancel()
+    await database.close(1.0)
+    return 0
+
+
+# -- supervisor ---------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker if the supervisor dies, so no orphan keeps the port."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def supervise(settings: Settings, sockets: list[socket.socket], shared: SharedStats) -> int:
+    name = settings.server_name
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    parent = os.getpid()
+    children: dict[int, int] = {}
+    restarts: list[float] = []
+
+    def spawn(index: int) -> None:
+        shared.set_ready(index, False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+                _die_with_parent()
+                if os.getppid() != parent:
+                    os._exit(1)
+                for other, sock in enumerate(sockets):
+                    if other != index:
+                        sock.close()
+                code = run_worker(settings, index, sockets[index], shared)
+            except SystemExit as exc:
+                if isinstance(exc.code, str):
+                    print(f"{name}: {exc.code}", file=sys.stderr)
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = index
+
+    for index in range(settings.workers):
+        spawn(index)
+
+    stopping = False
+    failed = False
+    deadline = 0.0
+    while children:
+        wait = 0.5 if not stopping else max(0.01, deadline - time.monotonic())
+        info = signal.sigtimedwait(watched, wait)
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
+            stopping = True
+            deadline = time.monotonic() + SUPERVISOR_KILL_S
+            for sock in sockets:      # closing our copies lets the kernel stop routing to them
+                sock.close()
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            index = children.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                failed = failed or code != 0
+                continue
+            if not shared.is_ready(index):
+                print(f"{name}: worker {index} failed to start (exit {code}); stopping",
+                      file=sys.stderr)
+                failed = stopping = True
+                deadline = time.monotonic() + SUPERVISOR_KILL_S
+                for other in children:
+                    os.kill(other, signal.SIGTERM)
+                continue
+            now = time.monotonic()
+            restarts[:] = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5:
+                print(f"{name}: workers died {len(restarts)} times in a minute; stopping",
+                      file=sys.stderr)
+                failed = stopping = True
+                deadline = now + SUPERVISOR_KILL_S
+                for other in children:
+                    os.kill(other, signal.SIGTERM)
+                continue
+            print(f"{name}: worker {index} (pid {pid}) exited with {code}; restarting",
+                  file=sys.stderr)
+            spawn(index)
+        if stopping and children and time.monotonic() >= deadline:
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+            failed = True
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        check_backend(settings.backend, settings.model_dir)
+    except BackendError as exc:
+        print(f"{settings.server_name}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        sockets = bind_sockets(settings.host, settings.port, settings.workers)
+    except SystemExit as exc:
+        print(f"{settings.server_name}: {exc.code}", file=sys.stderr)
+        return 1
+    shared = SharedStats(settings.workers)
+    if settings.workers == 1:
+        return run_worker(settings, 0, sockets[0], shared)
+    return supervise(settings, sockets, shared)

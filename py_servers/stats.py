@@ -1,0 +1,179 @@
+"""Stage histograms shared by all worker processes of one server.
+
+Every worker owns one slice of an anonymous shared memory map created before the workers fork, and
+is its only writer, so recording needs no lock. Whichever worker answers `GET /stats` reads and merges
+every slice. A slice is a set of log-scale buckets per stage (bucket width 2%, so the geometric
+midpoint of a bucket is within 1% of any value in it) plus an exact count, sum and max.
+
+`POST /stats/reset` bumps a global epoch instead of zeroing other workers' slices (that would race
+with their writes): a worker whose slice carries an older epoch zeroes it before its next write,
+and readers treat such a slice as empty.
+
+The hot path (`record_request`) works on a memoryview of int64 with plain Python ints: a numpy
+scalar update costs several times more.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+
+STAGES = ("parse", "db", "pre", "infer", "post", "total")
+N_STAGES = len(STAGES)
+
+BUCKET_RATIO = 1.02                       # relative bucket width; midpoint error <= sqrt(1.02)-1 < 1%
+_INV_LOG_RATIO = 1.0 / math.log(BUCKET_RATIO)
+N_BUCKETS = 1400                          # 1.02**1400 ns ~ 1e12 ns: anything longer lands in the last
+_STAGE_WIDTH = 3 + N_BUCKETS              # (count: derived), sum_ns, max_ns, buckets...
+
+# Global header (int64 slots).
+_G_EPOCH = 0
+_G_SLOTS = 8
+# Per-worker control block: never cleared by a reset.
+_C_PID, _C_READY, _C_POOL = 0, 1, 2
+_C_SLOTS = 4
+# Per-worker data block: cleared when the worker sees a newer epoch.
+_D_EPOCH, _D_REQUESTS, _D_ERRORS = 0, 1, 2
+_D_HEADER = 4
+_D_SLOTS = _D_HEADER + N_STAGES * _STAGE_WIDTH
+_WORKER_SLOTS = _C_SLOTS + _D_SLOTS
+
+
+def bucket_of(ns: int) -> int:
+    if ns < 1:
+        return 0
+    index = int(math.log(ns) * _INV_LOG_RATIO)
+    return index if index < N_BUCKETS else N_BUCKETS - 1
+
+
+def bucket_value(index: int) -> float:
+    """Geometric midpoint of a bucket, in nanoseconds."""
+    return BUCKET_RATIO ** (index + 0.5)
+
+
+class SharedStats:
+    """The shared map: create once in the parent, before forking the workers."""
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+        self._map = mmap.mmap(-1, 8 * (_G_SLOTS + workers * _WORKER_SLOTS))
+        self.view = memoryview(self._map).cast("q")
+
+    def _control(self, worker: int) -> int:
+        return _G_SLOTS + worker * _WORKER_SLOTS
+
+    def _data(self, worker: int) -> int:
+        return self._control(worker) + _C_SLOTS
+
+    def recorder(self, worker: int, *, timers: bool = True) -> "StatsRecorder":
+        return StatsRecorder(self, worker, timers)
+
+    # Readiness of each worker (for /health: the server is ready when every worker is).
+    def set_worker(self, worker: int, *, pid: int, pool_size: int) -> None:
+        base = self._control(worker)
+        self.view[base + _C_PID] = pid
+        self.view[base + _C_POOL] = pool_size
+
+    def set_ready(self, worker: int, ready: bool) -> None:
+        self.view[self._control(worker) + _C_READY] = 1 if ready else 0
+
+    def is_ready(self, worker: int) -> bool:
+        return self.view[self._control(worker) + _C_READY] == 1
+
+    def ready_workers(self) -> int:
+        return sum(self.is_ready(w) for w in range(self.workers))
+
+    def reset(self) -> None:
+        self.view[_G_EPOCH] += 1
+
+    def snapshot(self) -> dict:
+        """Merge all workers' current slices: requests, errors, per-worker figures, stages."""
+        import numpy as np
+
+        epoch = self.view[_G_EPOCH]
+        stages = np.zeros((N_STAGES, _STAGE_WIDTH), dtype=np.int64)
+        requests = errors = 0
+        per_worker = []
+        for w in range(self.workers):
+            control, data = self._control(w), self._data(w)
+            entry = {"pid": self.view[control + _C_PID], "ready": self.view[control + _C_READY] == 1,
+                     "pool_size": self.view[control + _C_POOL], "requests": 0, "errors": 0}
+            if self.view[data + _D_EPOCH] == epoch:
+                block = np.frombuffer(self._map, dtype=np.int64, count=_D_SLOTS,
+                                      offset=8 * data).copy()
+                entry["requests"] = int(block[_D_REQUESTS])
+                entry["errors"] = int(block[_D_ERRORS])
+                worker_stages = block[_D_HEADER:].reshape(N_STAGES, _STAGE_WIDTH)
+                stages[:, 1] += worker_stages[:, 1]
+                stages[:, 2] = np.maximum(stages[:, 2], worker_stages[:, 2])
+                stages[:, 3:] += worker_stages[:, 3:]
+            requests += entry["requests"]
+            errors += entry["errors"]
+            per_worker.append(entry)
+        stages[:, 0] = stages[:, 3:].sum(axis=1)
+        return {"requests": requests, "errors": errors, "per_worker": per_worker,
+                "stages": {name: summarize(stages[i]) for i, name in enumerate(STAGES)}}
+
+
+def summarize(row) -> dict:
+    """count/sum/mean/p50/p90/p99/max in microseconds from one stage row (count, sum, max, buckets)."""
+    import numpy as np
+
+    count, total_ns, max_ns = int(row[0]), int(row[1]), int(row[2])
+    out = {"count": count, "sum_us": round(total_ns / 1000, 3),
+           "mean_us": round(total_ns / count / 1000, 3) if count else 0.0}
+    buckets = row[3:]
+    cumulative = np.cumsum(buckets)
+    for label, q in (("p50_us", 0.50), ("p90_us", 0.90), ("p99_us", 0.99)):
+        if count == 0:
+            out[label] = 0.0
+            continue
+        # Nearest rank, like HdrHistogram: the smallest value with at least q of the samples at or
+        # below it. The midpoint of the top bucket can exceed the exact max: clamp to it.
+        rank = max(1, math.ceil(q * count))
+        index = int(np.searchsorted(cumulative, rank))
+        out[label] = round(min(bucket_value(index), max_ns) / 1000, 3)
+    out["max_us"] = round(max_ns / 1000, 3)
+    return out
+
+
+class StatsRecorder:
+    """One worker's writer. `record_request` is called once per /rank request."""
+
+    __slots__ = ("_view", "_base", "timers")
+
+    def __init__(self, shared: SharedStats, worker: int, timers: bool):
+        self._view = shared.view
+        self._base = shared._data(worker)
+        self.timers = timers
+
+    def _sync_epoch(self) -> None:
+        view, base = self._view, self._base
+        epoch = view[_G_EPOCH]
+        if view[base + _D_EPOCH] != epoch:
+            for i in range(base + 1, base + _D_SLOTS):
+                view[i] = 0
+            view[base + _D_EPOCH] = epoch
+
+    def record_request(self, error: bool, stages: tuple | None = None) -> None:
+        """Count one /rank request; `stages` holds a duration in ns (or None) per entry of STAGES."""
+        view, base = self._view, self._base
+        if view[base + _D_EPOCH] != view[_G_EPOCH]:
+            self._sync_epoch()
+        view[base + _D_REQUESTS] += 1
+        if error:
+            view[base + _D_ERRORS] += 1
+        if stages is None:
+            return
+        log, inv = math.log, _INV_LOG_RATIO
+        row = base + _D_HEADER
+        for ns in stages:
+            # The stage's count is not written here: it is the sum of its buckets (snapshot()).
+            if ns is not None:
+                view[row + 1] += ns
+                if ns > view[row + 2]:
+                    view[row + 2] = ns
+                index = int(log(ns) * inv) if ns > 0 else 0
+                view[row + 3 + (index if index < N_BUCKETS else N_BUCKETS - 1)] += 1
+            row += _STAGE_WIDTH

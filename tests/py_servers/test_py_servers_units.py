@@ -1,0 +1,226 @@
+"""Unit tests of py_servers internals that need neither a socket server nor a database: request
+validation, top-k encoding, the shared stage histograms, response framing, the per-connection FIFO,
+the pool split and the SO_REUSEPORT guard. (The HTTP behaviour is covered by tests/conformance.)"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from py_servers.app import BadRequest, features_to_input, parse_rank, top_k_body
+from py_servers.http import HttpProtocol, ResponseHead
+from py_servers.main import Settings, bind_sockets
+from py_servers.stats import STAGES, SharedStats
+
+
+# -- validation -----------------------------------------------------------------------------------
+def test_parse_rank_valid_and_default_top_k():
+    assert parse_rank(b'{"user_id": 7, "item_ids": [1, 2, 2], "x": null}') == (7, [1, 2, 2], 10)
+    assert parse_rank(b'{"user_id": -1, "item_ids": [9223372036854775807], "top_k": 1000}') == \
+        (-1, [9223372036854775807], 1000)
+
+
+@pytest.mark.parametrize("body,field", [
+    (b"nope", "JSON"), (b"[]", "object"), (b"{}", "user_id"),
+    (b'{"user_id": true, "item_ids": [1]}', "user_id"),
+    (b'{"user_id": 1.0, "item_ids": [1]}', "user_id"),
+    (b'{"user_id": 9223372036854775808, "item_ids": [1]}', "user_id"),
+    (b'{"user_id": 1}', "item_ids"), (b'{"user_id": 1, "item_ids": {}}', "item_ids"),
+    (b'{"user_id": 1, "item_ids": []}', "item_ids"),
+    (b'{"user_id": 1, "item_ids": [1, false]}', "item_ids[1]"),
+    (b'{"user_id": 1, "item_ids": [1, 2, 18446744073709551615]}', "item_ids[2]"),
+    (b'{"user_id": 1, "item_ids": [1], "top_k": 0}', "top_k"),
+    (b'{"user_id": 1, "item_ids": [1], "top_k": null}', "top_k"),
+    (b'{"user_id": 1, "item_ids": [1], "top_k": false}', "top_k"),
+])
+def test_parse_rank_rejects_naming_the_field(body, field):
+    with pytest.raises(BadRequest, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_rank(body)
+
+
+def test_parse_rank_rejects_1001_items():
+    with pytest.raises(BadRequest, match="item_ids"):
+        parse_rank(json.dumps({"user_id": 1, "item_ids": list(range(1001))}).encode())
+
+
+# -- pre and post stages --------------------------------------------------------------------------
+def test_features_to_input_concatenates_user_then_item():
+    user = [float(i) for i in range(30)]
+    rows = [(5, [100.0 + i for i in range(10)]), (3, [200.0 + i for i in range(10)])]
+    x, ids = features_to_input(user, rows)
+    assert x.dtype == np.float32 and x.shape == (2, 40) and x.flags.c_contiguous
+    assert ids == [5, 3]
+    assert x[1, 0] == 0.0 and x[1, 29] == 29.0 and x[1, 30] == 200.0 and x[0, 39] == 109.0
+
+
+def test_top_k_body_orders_by_score_then_id_and_truncates():
+    ids = [9, 4, 7, 1, 3]
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.9], dtype=np.float32)
+    body = json.loads(top_k_body(42, ids, scores, 4))
+    assert body["user_id"] == 42
+    assert [item["id"] for item in body["items"]] == [3, 4, 7, 9]
+    assert body["items"][0]["score"] == pytest.approx(0.9)
+
+
+# -- stage histograms -----------------------------------------------------------------------------
+def test_percentiles_within_one_percent_of_exact():
+    values = (np.random.default_rng(3).lognormal(11, 1.2, 50_000)).astype(np.int64) + 1
+    stats = SharedStats(1)
+    recorder = stats.recorder(0)
+    for v in values.tolist():
+        recorder.record_request(False, (v, v, None, v, v, v))
+    db = stats.snapshot()["stages"]["db"]
+    assert db["count"] == len(values)
+    assert db["sum_us"] == pytest.approx(values.sum() / 1000, rel=1e-9)
+    assert db["max_us"] == pytest.approx(values.max() / 1000)
+    for key, q in (("p50_us", 50), ("p90_us", 90), ("p99_us", 99)):
+        exact = np.percentile(values, q, method="inverted_cdf") / 1000
+        assert db[key] == pytest.approx(exact, rel=0.01), key
+    assert stats.snapshot()["stages"]["pre"]["count"] == 0
+
+
+def test_workers_merge_and_reset_by_epoch():
+    stats = SharedStats(2)
+    a, b = stats.recorder(0), stats.recorder(1)
+    for _ in range(3):
+        a.record_request(False, (1000,) * len(STAGES))
+    b.record_request(True)
+    b.record_request(False, (5000,) * len(STAGES))
+    snap = stats.snapshot()
+    assert (snap["requests"], snap["errors"]) == (5, 1)
+    assert snap["stages"]["total"]["count"] == 4 and snap["stages"]["total"]["max_us"] == 5.0
+    assert [w["requests"] for w in snap["per_worker"]] == [3, 2]
+
+    stats.reset()                       # by any worker: b's slice is stale until b writes again
+    snap = stats.snapshot()
+    assert snap["requests"] == 0 and snap["stages"]["total"]["count"] == 0
+    b.record_request(False, (2000,) * len(STAGES))
+    snap = stats.snapshot()
+    assert snap["requests"] == 1 and snap["stages"]["total"]["max_us"] == 2.0
+
+
+def test_timers_off_still_counts():
+    stats = SharedStats(1)
+    recorder = stats.recorder(0, timers=False)
+    assert recorder.timers is False
+    recorder.record_request(False, None)
+    assert stats.snapshot()["requests"] == 1
+
+
+# -- HTTP framing and the FIFO --------------------------------------------------------------------
+def test_response_head_framing():
+    head = ResponseHead("py-test")
+    ok = head.build(200, b"{}", keep_alive=True, http10=False)
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 2\r\n" in ok
+    assert ok.endswith(b"\r\n\r\n{}") and b"Connection" not in ok
+    assert b"Connection: keep-alive\r\n" in head.build(200, b"{}", keep_alive=True, http10=True)
+    assert b"Connection: close\r\n" in head.build(400, b"{}", keep_alive=False, http10=False)
+    no_content = head.build(204, b"", keep_alive=True, http10=False)
+    assert b"Content-Length" not in no_content and b"Content-Type" not in no_content
+
+
+class _Transport:
+    def __init__(self):
+        self.writes = []
+        self.closed = False
+
+    def get_extra_info(self, name):
+        return None
+
+    def write(self, data):
+        self.writes.append(data)
+
+    def can_write_eof(self):
+        return False
+
+    def close(self):
+        self.closed = True
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+class _ReverseApp:
+    """Completes requests only when told, in any order."""
+
+    def __init__(self):
+        self.connections = set()
+        self.draining = False
+        self.pending = []
+
+    def handle(self, conn, request):
+        self.pending.append((conn, request))
+
+    def count_rejected(self, path):
+        pass
+
+    error_body = staticmethod(lambda message: json.dumps({"error": message}).encode())
+
+
+def test_pipelined_responses_leave_in_request_order():
+    async def scenario():
+        app = _ReverseApp()
+        protocol = HttpProtocol(app, ResponseHead("py-test"))
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"".join(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
+        assert [r.url for _, r in app.pending] == [b"/r0", b"/r1", b"/r2"]
+        for index in (2, 1):            # the later requests finish first: nothing may be written
+            conn, request = app.pending[index]
+            conn.respond(request, 200, b'{"n":%d}' % index)
+        assert transport.writes == []
+        conn, request = app.pending[0]
+        conn.respond(request, 200, b'{"n":0}')
+        assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.writes] == \
+            [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+    asyncio.run(scenario())
+
+
+def test_malformed_request_answered_after_earlier_ones_then_closed():
+    async def scenario():
+        app = _ReverseApp()
+        protocol = HttpProtocol(app, ResponseHead("py-test"))
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nBROKEN\r\n\r\n")
+        assert transport.writes == []   # the 400 waits for the first answer
+        conn, request = app.pending[0]
+        conn.respond(request, 200, b"{}")
+        assert transport.writes[0].startswith(b"HTTP/1.1 200")
+        assert transport.writes[1].startswith(b"HTTP/1.1 400") and b"Connection: close" in transport.writes[1]
+        assert transport.closed
+
+    asyncio.run(scenario())
+
+
+# -- process layer --------------------------------------------------------------------------------
+def test_pool_split_over_workers():
+    def settings(pool, workers):
+        return Settings("none", "127.0.0.1", 0, "postgresql://x", workers, pool, None, True)
+
+    assert [settings(8, 3).pool_share(w) for w in range(3)] == [3, 3, 2]
+    assert [settings(8, 1).pool_share(w) for w in range(1)] == [8]
+    assert [settings(1, 2).pool_share(w) for w in range(2)] == [1, 1]   # at least one each
+
+
+def test_bind_refuses_a_port_someone_already_serves():
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match="cannot listen"):
+            bind_sockets("127.0.0.1", port, 2)
+    sockets = bind_sockets("127.0.0.1", 0, 2)
+    try:
+        assert len({s.getsockname()[1] for s in sockets}) == 1
+    finally:
+        for s in sockets:
+            s.close()
