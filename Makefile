@@ -34,6 +34,11 @@ model: setup
 # clone take the same path a user takes.
 test: seed model build
 	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(CARGO) test --quiet --manifest-path candle_server/Cargo.toml
+
+.PHONY: test-rust
+test-rust: seed model
+	@$(CARGO) test --quiet --manifest-path candle_server/Cargo.toml
 
 # Reports from a results folder (default: the newest run).
 .PHONY: report compare
@@ -74,9 +79,12 @@ soak: seed model build
 # candle 8003, candle-no-model 8006). Ctrl-C stops them. WORKERS= and POOL= as in the bench.
 WORKERS ?= 1
 POOL ?= 8
-.PHONY: serve-torch serve-onnx serve-none serve-candle
+.PHONY: serve-torch serve-onnx serve-none serve-candle serve-candle-no-model
 serve-torch serve-onnx serve-none: serve-%: db-up model
 	$(PY) -m py_servers --backend $* --workers $(WORKERS) --pool-size $(POOL)
 
 serve-candle: db-up model build
-	candle_server/target/release/candle_server --workers $(WORKERS) --pool-size $(POOL) --model-dir artifacts
+	candle_server/target/release/candle_server --port 8003 --workers $(WORKERS) --pool-size $(POOL) --model-dir artifacts
+
+serve-candle-no-model: db-up build
+	candle_server/target/release/candle_server --port 8006 --no-model --workers $(WORKERS) --pool-size $(POOL)

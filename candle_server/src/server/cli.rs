@@ -1,0 +1,90 @@
+//! Command line: the contract's flags, shared by every rankbench server.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The project's private cluster; `DATABASE_URL` overrides it.
+pub const DEFAULT_DSN: &str = "postgresql://bench@127.0.0.1:55432/bench";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "candle_server",
+    version,
+    about = "rankbench RankNet server: actix-web + tokio-postgres + Candle (see docs/contract.md)"
+)]
+pub struct Args {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to bind.
+    #[arg(long, default_value_t = 8003)]
+    pub port: u16,
+
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DSN, hide_env_values = true)]
+    pub dsn: String,
+
+    /// actix worker threads; each runs its own requests, database I/O and one Candle compute thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+
+    /// Database connections in total, split evenly over the workers.
+    #[arg(long = "pool-size", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pool_size: u16,
+
+    /// Directory holding ranknet.safetensors.
+    #[arg(long = "model-dir", default_value = "artifacts")]
+    pub model_dir: PathBuf,
+
+    /// Skip the model: every score is 0.0 (server "candle-no-model", the DB-and-HTTP floor).
+    #[arg(long = "no-model")]
+    pub no_model: bool,
+
+    /// Require this key in the `X-API-Key` header on every route but `GET /health` (off by default).
+    #[arg(long = "api-key", env = "RANKBENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Print how this binary was built (JSON) and exit.
+    #[arg(long = "build-info")]
+    pub build_info: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_flags_parse() {
+        let args = Args::try_parse_from([
+            "candle_server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--dsn",
+            "postgresql://x@y/z",
+            "--workers",
+            "2",
+            "--pool-size",
+            "6",
+            "--model-dir",
+            "/abs/artifacts",
+            "--no-model",
+        ])
+        .expect("flags");
+        assert_eq!(args.host, "0.0.0.0");
+        assert_eq!(args.port, 9000);
+        assert_eq!(args.dsn, "postgresql://x@y/z");
+        assert_eq!((args.workers, args.pool_size), (2, 6));
+        assert_eq!(args.model_dir, PathBuf::from("/abs/artifacts"));
+        assert!(args.no_model);
+    }
+
+    #[test]
+    fn zero_workers_is_refused() {
+        assert!(Args::try_parse_from(["candle_server", "--workers", "0"]).is_err());
+        assert!(Args::try_parse_from(["candle_server", "--pool-size", "0"]).is_err());
+    }
+}

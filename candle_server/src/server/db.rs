@@ -1,0 +1,233 @@
+//! PostgreSQL access: one deadpool pool per actix worker, the contract's two prepared queries on
+//! one pooled connection, one after the other.
+//!
+//! Each worker owns its share of `--pool-size`, so a connection's tokio-postgres task runs on the
+//! worker thread that uses it: no cross-thread wake-ups, and no runtime besides the workers'.
+
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::error::ApiError;
+use crate::model::{ITEM_FEATURES, USER_FEATURES};
+
+const USER_QUERY: &str = "SELECT features FROM users WHERE id = $1";
+const ITEMS_QUERY: &str = "SELECT id, features FROM items WHERE id = ANY($1)";
+
+/// Server-side limit per statement, set on every connection: a slow database gives 503.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Client-side limit on the whole database stage, for a database that stops answering at all
+/// (stopped process, lost network) and so never enforces its statement timeout.
+pub const DB_STAGE_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection settings of `--dsn`, with the statement timeout and connect timeout added.
+pub fn pg_config(dsn: &str) -> Result<tokio_postgres::Config, String> {
+    let mut config: tokio_postgres::Config =
+        dsn.parse().map_err(|e| format!("invalid --dsn {dsn:?}: {e}"))?;
+    let timeout = format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis());
+    let options = match config.get_options() {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
+        _ => timeout,
+    };
+    config.options(options);
+    config.connect_timeout(CONNECT_TIMEOUT);
+    if config.get_application_name().is_none() {
+        config.application_name("candle_server");
+    }
+    Ok(config)
+}
+
+/// How `total` connections are shared by `workers` pools (the first ones get the remainder).
+pub fn split_pool(total: usize, workers: usize) -> Result<Vec<usize>, String> {
+    if workers == 0 || total < workers {
+        return Err(format!(
+            "--pool-size ({total}) must be at least --workers ({workers}): each worker owns its \
+             own connections"
+        ));
+    }
+    Ok((0..workers).map(|i| total / workers + usize::from(i < total % workers)).collect())
+}
+
+/// Features of one request, decoded into native values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub user: Vec<f32>,
+    /// `(item id, features)` for the requested ids that exist, in the database's order.
+    pub items: Vec<(i64, Vec<f32>)>,
+}
+
+/// One worker's pool.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: Pool,
+}
+
+impl Database {
+    /// A lazily connecting pool of `size` connections (nothing is opened here).
+    pub fn new(config: tokio_postgres::Config, size: usize) -> Result<Self, String> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            // Fast: a connection is checked for being closed, not with an extra round trip.
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| format!("cannot build the connection pool: {e}"))?;
+        Ok(Database { pool })
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.pool.status().max_size
+    }
+
+    /// The user's features, then the features of the requested items that exist.
+    pub async fn fetch(&self, user_id: i64, item_ids: &[i64]) -> Result<Features, ApiError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        match tokio::time::timeout(DB_STAGE_TIMEOUT, run_queries(&client, user_id, item_ids)).await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may still owe answers: take it out of the pool and close it.
+                drop(Object::take(client));
+                Err(ApiError::Unavailable(format!(
+                    "no answer within {} s",
+                    DB_STAGE_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// A round trip on a pooled connection, for `/health`.
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        let probe = async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.simple_query("SELECT 1").await.map_err(query_error)?;
+            Ok(())
+        };
+        tokio::time::timeout(DB_STAGE_TIMEOUT, probe).await.unwrap_or_else(|_| {
+            Err(ApiError::Unavailable(format!("no answer within {} s", DB_STAGE_TIMEOUT.as_secs())))
+        })
+    }
+
+    /// Opens every connection of the pool and prepares both statements on each, so that the
+    /// first requests do not pay for it. Failures are left for requests and `/health` to report.
+    pub async fn warm_up(&self) {
+        let mut held = Vec::with_capacity(self.max_size());
+        for _ in 0..self.max_size() {
+            let Ok(client) = self.pool.get().await else { break };
+            if client.prepare_cached(USER_QUERY).await.is_err()
+                || client.prepare_cached(ITEMS_QUERY).await.is_err()
+            {
+                break;
+            }
+            held.push(client);
+        }
+    }
+}
+
+async fn run_queries(
+    client: &deadpool_postgres::Client,
+    user_id: i64,
+    item_ids: &[i64],
+) -> Result<Features, ApiError> {
+    let user_statement = client.prepare_cached(USER_QUERY).await.map_err(query_error)?;
+    let row = client.query_opt(&user_statement, &[&user_id]).await.map_err(query_error)?;
+    let Some(row) = row else {
+        return Err(ApiError::NotFound(format!("user {user_id} not found")));
+    };
+    let user: Vec<f32> = row
+        .try_get(0)
+        .map_err(|e| ApiError::Internal(format!("user {user_id}: cannot decode features: {e}")))?;
+    if user.len() != USER_FEATURES {
+        return Err(ApiError::Internal(format!(
+            "user {user_id} has {} features, expected {USER_FEATURES}",
+            user.len()
+        )));
+    }
+
+    let items_statement = client.prepare_cached(ITEMS_QUERY).await.map_err(query_error)?;
+    let rows = client.query(&items_statement, &[&item_ids]).await.map_err(query_error)?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let decode = |e: tokio_postgres::Error| {
+            ApiError::Internal(format!("cannot decode an items row: {e}"))
+        };
+        let id: i64 = row.try_get(0).map_err(decode)?;
+        let features: Vec<f32> = row.try_get(1).map_err(decode)?;
+        if features.len() != ITEM_FEATURES {
+            return Err(ApiError::Internal(format!(
+                "item {id} has {} features, expected {ITEM_FEATURES}",
+                features.len()
+            )));
+        }
+        items.push((id, features));
+    }
+    Ok(Features { user, items })
+}
+
+fn pool_error(err: PoolError) -> ApiError {
+    match err {
+        PoolError::Backend(e) => query_error(e),
+        PoolError::Timeout(kind) => {
+            ApiError::Unavailable(format!("timed out waiting for a connection ({kind:?})"))
+        }
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// Every database failure is a 503: the server stays up and retries on the next request.
+fn query_error(err: tokio_postgres::Error) -> ApiError {
+    ApiError::Unavailable(describe(&err))
+}
+
+/// tokio-postgres prints server errors as just "db error"; this includes what the server said.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let what =
+            if db.code() == &SqlState::QUERY_CANCELED { "statement timed out: " } else { "" };
+        return format!("{what}{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(err) {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_split_over_workers() {
+        assert_eq!(split_pool(8, 1).expect("1"), vec![8]);
+        assert_eq!(split_pool(8, 3).expect("3"), vec![3, 3, 2]);
+        assert_eq!(split_pool(2, 2).expect("2"), vec![1, 1]);
+        let err = split_pool(1, 2).expect_err("too small");
+        assert!(err.contains("--pool-size (1) must be at least --workers (2)"), "{err}");
+    }
+
+    #[test]
+    fn config_adds_statement_timeout_and_keeps_options() {
+        let config = pg_config("postgresql://bench@127.0.0.1:55432/bench").expect("dsn");
+        assert_eq!(config.get_options(), Some("-c statement_timeout=2000"));
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let config =
+            pg_config("postgresql://bench@127.0.0.1:55432/bench?options=-c%20search_path%3Dx")
+                .expect("dsn with options");
+        assert_eq!(config.get_options(), Some("-c search_path=x -c statement_timeout=2000"));
+        let err = pg_config("postgresql://bench@127.0.0.1:notaport/bench").expect_err("bad dsn");
+        assert!(err.starts_with("invalid --dsn"), "{err}");
+    }
+}

@@ -1,0 +1,266 @@
+//! The HTTP surface, in-process (actix test utilities), without a database: validation, the
+//! error statuses and their exact JSON bodies, 503 when the database cannot be reached, and the
+//! `/stats` counters. The database-backed behaviour is in `tests/http_db.rs`.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::test::{self, TestRequest};
+use actix_web::web::Data;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde_json::{json, Value};
+
+use candle_server::model::RankNet;
+use candle_server::server::app::{build_app, AppState, Scorer, WorkerState};
+use candle_server::server::db::{pg_config, Database};
+
+/// A DSN whose port nobody listens on: connections are refused at once.
+fn unreachable_dsn() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("postgresql://bench@127.0.0.1:{port}/bench")
+}
+
+fn zero_model() -> Scorer {
+    let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+    Scorer::Candle(RankNet::new(vb).expect("zero-weight model"))
+}
+
+async fn app(
+    scorer: Scorer,
+) -> impl Service<
+    actix_http::Request,
+    Response = ServiceResponse<impl MessageBody>,
+    Error = actix_web::Error,
+> {
+    app_with(AppState::new(scorer, 1)).await
+}
+
+async fn app_with(
+    state: AppState,
+) -> impl Service<
+    actix_http::Request,
+    Response = ServiceResponse<impl MessageBody>,
+    Error = actix_web::Error,
+> {
+    let state = Data::new(state);
+    let db = Database::new(pg_config(&unreachable_dsn()).expect("dsn"), 2).expect("pool");
+    let worker = Data::new(WorkerState::new(&state, db));
+    test::init_service(build_app(state, worker)).await
+}
+
+async fn call<S, B>(app: &S, req: TestRequest) -> (StatusCode, header::HeaderMap, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = test::call_service(app, req.to_request()).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = test::read_body(res).await;
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+    };
+    (status, headers, value)
+}
+
+fn rank(body: &str) -> TestRequest {
+    TestRequest::post()
+        .uri("/rank")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload(body.to_owned())
+}
+
+#[actix_web::test]
+async fn invalid_bodies_get_400_naming_the_field() {
+    let app = app(zero_model()).await;
+    let cases = [
+        ("{", "malformed JSON: EOF while parsing an object at line 1 column 1"),
+        ("[]", "body must be a JSON object with user_id, item_ids and top_k, got an array"),
+        (r#"{"item_ids": [1]}"#, "user_id is required"),
+        (
+            r#"{"user_id": true, "item_ids": [1]}"#,
+            "user_id must be a 64-bit integer, got a boolean",
+        ),
+        (r#"{"user_id": 1.0, "item_ids": [1]}"#, "user_id must be a 64-bit integer, got a float"),
+        (r#"{"user_id": "1", "item_ids": [1]}"#, "user_id must be a 64-bit integer, got a string"),
+        (r#"{"user_id": 1}"#, "item_ids is required"),
+        (r#"{"user_id": 1, "item_ids": []}"#, "item_ids must have 1 to 1000 entries, got 0"),
+        (
+            r#"{"user_id": 1, "item_ids": [1, "2"]}"#,
+            "item_ids[1] must be a 64-bit integer, got a string",
+        ),
+        (
+            r#"{"user_id": 1, "item_ids": [1], "top_k": 0}"#,
+            "top_k must be between 1 and 1000, got 0",
+        ),
+        (
+            r#"{"user_id": 1, "item_ids": [1], "top_k": true}"#,
+            "top_k must be an integer, got a boolean",
+        ),
+    ];
+    for (body, message) in cases {
+        let (status, headers, value) = call(&app, rank(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(value, json!({"error": message}), "{body}");
+        assert_eq!(headers.get(header::CONTENT_TYPE).unwrap(), "application/json");
+    }
+}
+
+#[actix_web::test]
+async fn body_over_64_kib_gets_413() {
+    let app = app(zero_model()).await;
+    // A valid JSON document, just too long: the limit is on bytes, not on content.
+    let padding = " ".repeat(64 * 1024);
+    let body = format!(r#"{{"user_id": 1, "item_ids": [1]{padding}}}"#);
+    let (status, _, value) = call(&app, rank(&body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(value, json!({"error": "request body over 65536 bytes"}));
+
+    // Exactly at the limit is fine (and reaches the database, which is unreachable here).
+    let exact = r#"{"user_id": 1, "item_ids": [1]}"#.to_owned();
+    let exact = format!("{exact}{}", " ".repeat(64 * 1024 - exact.len()));
+    assert_eq!(exact.len(), 64 * 1024);
+    let (status, _, _) = call(&app, rank(&exact)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[actix_web::test]
+async fn headers_over_16_kib_get_431() {
+    let app = app(zero_model()).await;
+    let big = "x".repeat(16 * 1024);
+    for req in [
+        rank(r#"{"user_id": 1, "item_ids": [1]}"#).insert_header(("x-filler", big.clone())),
+        TestRequest::get().uri("/health").insert_header(("x-filler", big.clone())),
+    ] {
+        let (status, _, value) = call(&app, req).await;
+        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(value, json!({"error": "request headers over 16384 bytes"}));
+    }
+    // Just under the limit passes the guard.
+    let fits = "x".repeat(16 * 1024 - 200);
+    let (status, _, _) =
+        call(&app, TestRequest::get().uri("/nowhere").insert_header(("x-filler", fits))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[actix_web::test]
+async fn unknown_paths_and_wrong_methods() {
+    let app = app(zero_model()).await;
+    let (status, _, value) = call(&app, TestRequest::get().uri("/nowhere")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(value, json!({"error": "unknown path /nowhere"}));
+    let long = format!("/{}", "a".repeat(4000));
+    let (status, _, value) = call(&app, TestRequest::get().uri(&long)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(value, json!({"error": format!("unknown path {}", &long[..100])}));
+
+    let cases = [
+        (Method::GET, "/rank", "POST"),
+        (Method::PUT, "/rank", "POST"),
+        (Method::POST, "/health", "GET"),
+        (Method::POST, "/stats", "GET"),
+        (Method::GET, "/stats/reset", "POST"),
+    ];
+    for (method, path, allow) in cases {
+        let (status, headers, value) =
+            call(&app, TestRequest::default().method(method.clone()).uri(path)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(value, json!({"error": format!("method not allowed on {path}: use {allow}")}));
+        assert_eq!(headers.get(header::ALLOW).unwrap(), allow);
+    }
+}
+
+#[actix_web::test]
+async fn database_down_gives_503_and_unhealthy() {
+    let app = app(zero_model()).await;
+    let (status, _, value) = call(&app, rank(r#"{"user_id": 1, "item_ids": [1]}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let message = value["error"].as_str().expect("error message");
+    assert!(message.starts_with("database unavailable: "), "{message}");
+
+    let (status, _, value) = call(&app, TestRequest::get().uri("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(value["status"], "unavailable");
+    assert_eq!(value["server"], "candle");
+}
+
+#[actix_web::test]
+async fn stats_count_rank_requests_and_reset() {
+    let app = app(Scorer::Constant).await;
+    // Three requests to /rank, all answered non-2xx (400, 405, 503); other paths are not counted.
+    call(&app, rank("nope")).await;
+    call(&app, TestRequest::get().uri("/rank")).await;
+    call(&app, rank(r#"{"user_id": 1, "item_ids": [1]}"#)).await;
+    call(&app, TestRequest::get().uri("/nowhere")).await;
+    call(&app, TestRequest::get().uri("/health")).await;
+
+    let (status, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    let zero = json!({"count": 0, "sum_us": 0.0, "mean_us": 0.0, "p50_us": 0.0, "p90_us": 0.0,
+                      "p99_us": 0.0, "max_us": 0.0});
+    let expected = json!({
+        "server": "candle-no-model", "backend": "none", "workers": 1, "requests": 3, "errors": 3,
+        "stages": {"parse": zero, "db": zero, "pre": zero, "infer": zero, "post": zero,
+                   "total": zero},
+    });
+    assert_eq!(stats, expected);
+
+    let res = test::call_service(&app, TestRequest::post().uri("/stats/reset").to_request()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(test::read_body(res).await.is_empty());
+    let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+    assert_eq!((stats["requests"].as_u64(), stats["errors"].as_u64()), (Some(0), Some(0)));
+}
+
+#[actix_web::test]
+async fn stats_name_the_candle_backend() {
+    let app = app(zero_model()).await;
+    let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+    assert_eq!(
+        (stats["server"].as_str(), stats["backend"].as_str()),
+        (Some("candle"), Some("candle"))
+    );
+}
+
+#[actix_web::test]
+async fn api_key_guards_every_route_but_health() {
+    const KEY: &str = "s3cr3t";
+    assert!(AppState::new(Scorer::Constant, 1).with_api_key("").is_err());
+    let state = AppState::new(Scorer::Constant, 1).with_api_key(KEY).expect("key");
+    let app = app_with(state).await;
+    let unauthorised = json!({"error": "missing or invalid API key"});
+    let without_key = [
+        rank(r#"{"user_id": 1, "item_ids": [1]}"#),
+        rank("{not json"),
+        TestRequest::get().uri("/rank"),
+        TestRequest::get().uri("/stats"),
+        TestRequest::post().uri("/stats/reset"),
+        TestRequest::get().uri("/nowhere"),
+    ];
+    for req in without_key {
+        let (status, _, value) = call(&app, req).await;
+        assert_eq!((status, &value), (StatusCode::UNAUTHORIZED, &unauthorised));
+    }
+    for wrong in ["s3cr3T", "s3cr3", "s3cr3tx", ""] {
+        let (status, _, _) =
+            call(&app, TestRequest::get().uri("/stats").insert_header(("X-API-Key", wrong))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+    }
+    // /health stays open; with the key everything else behaves as without a key configured.
+    let (status, _, _) = call(&app, TestRequest::get().uri("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "health is checked, not refused");
+    let (status, _, _) =
+        call(&app, TestRequest::get().uri("/stats").insert_header(("x-api-key", KEY))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, value) = call(&app, rank("{not json").insert_header(("X-API-Key", KEY))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    let (_, _, stats) =
+        call(&app, TestRequest::get().uri("/stats").insert_header(("X-API-Key", KEY))).await;
+    // Three /rank requests refused for the key, one 400 with it: four requests, four errors.
+    assert_eq!((stats["requests"].as_u64(), stats["errors"].as_u64()), (Some(4), Some(4)));
+}

@@ -1,0 +1,113 @@
+//! Candle's RankNet against the plain-numpy forward pass of the seed step.
+//!
+//! `artifacts/parity_fixture.json` (written by `make model`) holds 16 input rows and the scores
+//! numpy computed for them from `ranknet.safetensors`; nothing here is typed by hand.
+//! `RANKBENCH_ARTIFACTS` points elsewhere if the artifacts live outside the repository.
+
+use std::path::PathBuf;
+
+use candle_server::model::{input_rows, RankNet, INPUT_FEATURES, USER_FEATURES};
+
+const TOLERANCE: f64 = 1e-5;
+
+fn artifacts_dir() -> PathBuf {
+    std::env::var_os("RANKBENCH_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts"))
+}
+
+struct Fixture {
+    inputs: Vec<Vec<f32>>,
+    scores: Vec<f64>,
+}
+
+fn fixture() -> Fixture {
+    let path = artifacts_dir().join("parity_fixture.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read {}: {e}; run `make model` to create the artifacts", path.display())
+    });
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let inputs: Vec<Vec<f32>> = value["inputs"]
+        .as_array()
+        .expect("fixture has `inputs`")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("an input row is a list")
+                .iter()
+                .map(|v| v.as_f64().expect("a float") as f32)
+                .collect()
+        })
+        .collect();
+    let scores: Vec<f64> = value["scores"]
+        .as_array()
+        .expect("fixture has `scores`")
+        .iter()
+        .map(|v| v.as_f64().expect("a float"))
+        .collect();
+    assert!(!inputs.is_empty(), "fixture has no rows");
+    assert_eq!(inputs.len(), scores.len(), "fixture inputs and scores differ in length");
+    assert!(inputs.iter().all(|r| r.len() == INPUT_FEATURES), "fixture rows must have 40 values");
+    Fixture { inputs, scores }
+}
+
+fn model() -> RankNet {
+    RankNet::load_dir(artifacts_dir()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn assert_close(got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let diff = (f64::from(g) - w).abs();
+        assert!(diff <= TOLERANCE, "row {i}: candle {g} vs numpy {w} (|diff| = {diff:e})");
+    }
+}
+
+#[test]
+fn scores_match_numpy_forward_pass() {
+    let fixture = fixture();
+    let rows: Vec<f32> = fixture.inputs.concat();
+    let scores = model().score_rows(rows).expect("forward pass");
+    assert_close(&scores, &fixture.scores);
+    // The fixture is only a real check if its scores are spread out, not all near 0.5.
+    let spread = fixture.scores.iter().cloned().fold(f64::MIN, f64::max)
+        - fixture.scores.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 0.1, "fixture scores barely differ (spread {spread})");
+}
+
+#[test]
+fn batch_size_does_not_change_scores() {
+    let fixture = fixture();
+    let net = model();
+    for (row, &want) in fixture.inputs.iter().zip(&fixture.scores) {
+        let single = net.score_slice(row).expect("one row");
+        assert_close(&single, &[want]);
+    }
+    // A large batch (gemm takes other kernel paths) gives the same per-row scores.
+    let repeats = 64;
+    let rows: Vec<f32> = (0..repeats).flat_map(|_| fixture.inputs.concat()).collect();
+    let want: Vec<f64> = (0..repeats).flat_map(|_| fixture.scores.clone()).collect();
+    assert_close(&net.score_rows(rows).expect("big batch"), &want);
+}
+
+#[test]
+fn server_input_layout_scores_like_single_rows() {
+    // One user with every fixture item, built the way the server builds its input, scores each
+    // row as that row alone does (batching changes gemm's summation order, not the result).
+    let fixture = fixture();
+    let user = &fixture.inputs[0][..USER_FEATURES];
+    let items: Vec<&[f32]> = fixture.inputs.iter().map(|r| &r[USER_FEATURES..]).collect();
+    let net = model();
+    let batch =
+        net.score_rows(input_rows(user, items.iter().copied()).expect("rows")).expect("batch");
+    let singles: Vec<f64> = items
+        .iter()
+        .map(|item| {
+            let row = [user, item].concat();
+            f64::from(net.score_slice(&row).expect("row")[0])
+        })
+        .collect();
+    assert_close(&batch, &singles);
+    assert_close(&batch[..1], &fixture.scores[..1]);
+}
