@@ -2,7 +2,7 @@
 
 Servers come from the registry `rankbench.servers.SERVERS`, so any server of docs/contract.md (Python
 or Rust) runs the same suite. Selection:
-- RANKBENCH_SERVERS: comma list of registry names; default: every Python server whose `needs` exist.
+- RANKBENCH_SERVERS: comma list of registry names; default: every registered server whose `needs` exist.
   A server named here explicitly whose prerequisites are missing FAILS instead of being skipped.
 - RANKBENCH_WORKERS: comma list of --workers values; default "1,2".
 
@@ -37,7 +37,7 @@ def _selection() -> tuple[list[tuple[str, int]], bool]:
         explicit = True
     else:
         names = [name for name, spec in SERVERS.items()
-                 if spec.language == "python" and all(Path(p).exists() for p in spec.needs)]
+                 if all(Path(p).exists() for p in spec.needs)]
         explicit = False
     raw_workers = os.environ.get("RANKBENCH_WORKERS", "1,2")
     try:
