@@ -10,12 +10,18 @@ can be tested without a socket. Stage boundaries follow docs/contract.md:
     post   scores                      -> response body bytes (top-k + JSON)
     total  request complete            -> response bytes handed to the connection
 
+Optional API key (`api_key`): every request except GET /health must carry `X-API-Key: <key>`,
+checked (in constant time) before routing and validation, so that an unauthenticated client learns
+nothing about paths, methods or bodies; missing or wrong -> 401. Without a key `handle` is the plain
+router: the check costs nothing then.
+
 Validation errors are answered inside the parser callback (no task is created for them); a valid
 /rank request gets one task for its database round trips.
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
 import sys
 import time
 import traceback
@@ -94,9 +100,12 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+UNAUTHORIZED_BODY = error_body("missing or invalid API key")
+
+
 class App:
     def __init__(self, *, server_name: str, backend, database, shared_stats, recorder,
-                 worker: int, workers: int, pool_total: int):
+                 worker: int, workers: int, pool_total: int, api_key: str | None = None):
         self.server_name = server_name
         self.backend = backend
         self.infer = backend.infer
@@ -112,11 +121,16 @@ class App:
         self.tasks = set()
         self._loop = asyncio.get_running_loop()
         self._health_ok = orjson.dumps({"status": "ok", "server": server_name})
+        if api_key is not None:
+            if not api_key:
+                raise ValueError("the API key must not be empty")
+            self._api_key = api_key.encode("utf-8", "surrogateescape")
+            self.handle = self._handle_with_key     # instead of the unguarded router
 
     error_body = staticmethod(error_body)
 
     # -- dispatch -------------------------------------------------------------------------------
-    def handle(self, conn, request) -> None:
+    def _route(self, conn, request) -> None:
         path = request.path
         method = request.method
         if path == b"/rank":
@@ -147,6 +161,18 @@ class App:
         else:
             shown = path[:100].decode("utf-8", "replace")
             conn.respond(request, 404, error_body(f"unknown path {shown}"))
+
+    def _handle_with_key(self, conn, request) -> None:
+        sent = request.api_key
+        if (sent is None or not hmac.compare_digest(sent, self._api_key)) and not (
+                request.method == b"GET" and request.path == b"/health"):
+            if request.path == b"/rank":
+                self.recorder.record_request(True)
+            conn.respond(request, 401, UNAUTHORIZED_BODY)
+            return
+        self._route(conn, request)
+
+    handle = _route      # without an API key; __init__ puts _handle_with_key in front otherwise
 
     def count_rejected(self, path: bytes) -> None:
         """An unreadable request (400/413/431 from the HTTP layer) that was aimed at /rank."""

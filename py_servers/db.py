@@ -6,10 +6,19 @@ Choices that matter for the benchmark (and match the Rust server's deadpool-post
   (fast recycling) does not make. Nothing here changes session state, so there is nothing to reset;
 - no recycling after N queries and no idle expiry: the connections live as long as the server;
 - statements are prepared once per connection by asyncpg's statement cache, keyed by the SQL text;
-- every database step of a request runs under one deadline (DB_TIMEOUT_S): a slow or hung database
-  gives 503 instead of an unbounded wait, and a refused or broken connection gives 503 at once. A
-  broken connection is dropped by the pool and the next acquire reconnects, so the server recovers
-  by itself when the database comes back.
+- two deadlines, as in the Rust server (deadpool wait 5 s, statement_timeout 2 s): waiting for a
+  pooled connection may take up to POOL_TIMEOUT_S (10 s), so that a burst far larger than the pool
+  queues instead of failing; the queries themselves get DB_TIMEOUT_S (2 s), enforced by PostgreSQL
+  (`statement_timeout`, sent once in the startup packet: no per-request cost, and the connection
+  stays usable) with a client-side backstop QUERY_GRACE_S later for a database that does not answer
+  at all. Either way a slow or hung database gives 503 instead of an unbounded wait, and a refused
+  or broken connection gives 503 at once;
+- a connection that failed mid-operation never goes back to the pool as it is: with no reset query
+  on release nothing would bring its protocol state back to idle (the next request would then fail
+  with "another operation is in progress"), so it is terminated and the pool reconnects on the next
+  acquire. The one exception is a statement cancelled by statement_timeout: PostgreSQL answers it
+  with an ordinary error followed by ReadyForQuery, after which the connection is idle and healthy.
+  The server recovers by itself when the database comes back.
 """
 from __future__ import annotations
 
@@ -22,18 +31,24 @@ USER_SQL = "SELECT features FROM users WHERE id = $1"
 ITEMS_SQL = "SELECT id, features FROM items WHERE id = ANY($1)"
 
 
-def _db_timeout() -> float:
-    raw = os.environ.get("RANKBENCH_DB_TIMEOUT_S", "2.0")
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name) or str(default)
     try:
         value = float(raw)
     except ValueError:
-        raise SystemExit(f"RANKBENCH_DB_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"RANKBENCH_DB_TIMEOUT_S must be positive, got {raw!r}")
+        raise SystemExit(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < 1e6:
+        raise SystemExit(f"{name} must be positive, got {raw!r}")
     return value
 
 
-DB_TIMEOUT_S = _db_timeout()
+DB_TIMEOUT_S = _env_seconds("RANKBENCH_DB_TIMEOUT_S", 2.0)       # both queries (statement_timeout)
+POOL_TIMEOUT_S = _env_seconds("RANKBENCH_POOL_TIMEOUT_S", 10.0)  # waiting for a pooled connection
+QUERY_GRACE_S = 0.5     # the client-side backstop fires this long after statement_timeout
+
+
+class PoolTimeout(TimeoutError):
+    """No pooled connection became free within POOL_TIMEOUT_S."""
 
 # What "the database is unavailable" looks like from asyncpg: refused/reset sockets, timeouts, a
 # closed connection, server shutting down or starting, too many connections, a cancelled statement.
@@ -41,9 +56,10 @@ UNAVAILABLE = (
     OSError,
     TimeoutError,                              # asyncio.TimeoutError is the same class on 3.11
     asyncpg.InterfaceError,                    # connection closed / not connected
-    asyncpg.PostgresConnectionError,           # SQLSTATE class 08
+    asyncpg.PostgresConnectionError,           # SQLSTATE class 08, ConnectionDoesNotExistError
     asyncpg.OperatorInterventionError,         # class 57: admin shutdown, cannot connect now, cancel
     asyncpg.InsufficientResourcesError,        # class 53: too many connections, out of memory
+    asyncpg.InternalClientError,               # protocol state broken by a connection lost mid-way
 )
 
 MISCONFIGURED = (
@@ -55,6 +71,8 @@ MISCONFIGURED = (
 
 def describe(exc: BaseException) -> str:
     """A short reason for the 503 body (no DSN, no stack)."""
+    if isinstance(exc, PoolTimeout):
+        return f"no pooled connection free within {POOL_TIMEOUT_S:g} s"
     if isinstance(exc, TimeoutError):
         return f"no answer within {DB_TIMEOUT_S:g} s"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -65,11 +83,20 @@ async def _no_reset(connection) -> None:
     """Pool release hook: nothing to reset (see module docstring)."""
 
 
+def _discard_unless_idle(connection, exc: BaseException) -> None:
+    """After `exc` interrupted work on `connection`: terminate it unless it is known to be idle, so
+    that release() hands the pool a closed holder (reconnected on the next acquire) rather than a
+    connection still inside an operation."""
+    if type(exc) is not asyncpg.QueryCanceledError:
+        connection.terminate()
+
+
 class Database:
     def __init__(self, dsn: str, pool_size: int):
         self.dsn = dsn
         self.pool_size = pool_size
         self.pool: asyncpg.Pool | None = None
+        self._loop_time = None
 
     async def open(self) -> str | None:
         """Create the pool and connect it fully; return None, or why the database is unavailable
@@ -78,7 +105,9 @@ class Database:
             self.dsn, min_size=0, max_size=self.pool_size,
             max_queries=2**62, max_inactive_connection_lifetime=0,
             reset=_no_reset, timeout=DB_TIMEOUT_S,
+            server_settings={"statement_timeout": str(round(DB_TIMEOUT_S * 1000))},
         )
+        self._loop_time = asyncio.get_running_loop().time
         try:
             await self.pool
         except Exception as exc:  # create_pool() with min_size=0 connects nothing: only bad options
@@ -88,9 +117,15 @@ class Database:
     async def warm(self) -> str | None:
         """Open every pooled connection and prepare both statements on each."""
         async def prepare_one():
-            async with self.pool.acquire() as connection:
+            connection = await self.pool.acquire()
+            try:
                 await connection.fetchval(USER_SQL, 0)
                 await connection.fetch(ITEMS_SQL, [0])
+            except BaseException as exc:
+                _discard_unless_idle(connection, exc)
+                raise
+            finally:
+                await self.pool.release(connection)
 
         try:
             async with asyncio.timeout(5 * DB_TIMEOUT_S):
@@ -104,21 +139,43 @@ class Database:
 
     async def fetch(self, user_id: int, item_ids: list[int]):
         """(user features or None, item rows); the items query runs only for a known user.
-        Both queries on one pooled connection, under one deadline."""
-        async with asyncio.timeout(DB_TIMEOUT_S):
-            async with self.pool.acquire() as connection:
-                user = await connection.fetchval(USER_SQL, user_id)
-                if user is None:
-                    return None, None
-                rows = await connection.fetch(ITEMS_SQL, item_ids)
+        Both queries on one pooled connection. One timer serves both deadlines: POOL_TIMEOUT_S
+        for the pool wait, then moved to DB_TIMEOUT_S + QUERY_GRACE_S for the queries."""
+        connection = None
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT_S) as deadline:
+                connection = await self.pool.acquire()
+                try:
+                    deadline.reschedule(self._loop_time() + DB_TIMEOUT_S + QUERY_GRACE_S)
+                    user = await connection.fetchval(USER_SQL, user_id)
+                    rows = None if user is None else await connection.fetch(ITEMS_SQL, item_ids)
+                except BaseException as exc:
+                    _discard_unless_idle(connection, exc)
+                    raise
+                finally:
+                    await self.pool.release(connection)
+        except TimeoutError:
+            if connection is None:
+                raise PoolTimeout() from None
+            raise
         return user, rows
 
     async def check(self) -> str | None:
         """None when the database answers, else the reason."""
+        connection = None
         try:
-            async with asyncio.timeout(DB_TIMEOUT_S):
-                async with self.pool.acquire() as connection:
+            async with asyncio.timeout(POOL_TIMEOUT_S) as deadline:
+                connection = await self.pool.acquire()
+                try:
+                    deadline.reschedule(self._loop_time() + DB_TIMEOUT_S + QUERY_GRACE_S)
                     await connection.fetchval("SELECT 1")
+                except BaseException as exc:
+                    _discard_unless_idle(connection, exc)
+                    raise
+                finally:
+                    await self.pool.release(connection)
+        except TimeoutError:
+            return describe(PoolTimeout() if connection is None else TimeoutError())
         except UNAVAILABLE as exc:
             return describe(exc)
         return None

@@ -7,9 +7,18 @@ on the `Request`, never on the protocol: the protocol only points at the one req
 
 Limits (docs/contract.md): request line + headers over 16 KiB -> 431, body over 64 KiB -> 413 (from
 Content-Length before the body is read, or while a chunked body accumulates), malformed HTTP -> 400.
+A request line without an HTTP version (which llhttp accepts as HTTP/0.9) or any version other than
+1.0/1.1 is malformed HTTP (400). The header limit counts raw bytes as well as parsed ones from the first read of a request on, so a header
+line that never ends cannot grow the parser's buffer past the limit (see `data_received`).
 Those three make the rest of the byte stream unreadable, so the connection is closed after the error
 response (a lingering close: shut down our side, discard what the client still sends for a moment,
 so that the client reads the response instead of a reset). Every other error keeps the connection.
+
+Draining (after SIGTERM): every response still owed on a connection, and every request completed
+from then on, is answered with `Connection: close`, and the connection is closed after its last one.
+
+Optional API key: `ApiKeyProtocol` also keeps the `X-API-Key` header of each request; the plain
+`HttpProtocol` (used when no key is configured) does not look at it at all.
 
 Timeouts: a request that has started but is not complete after REQUEST_TIMEOUT_S, or a keep-alive
 connection idle for IDLE_TIMEOUT_S, is closed (one sweep per second per worker, not a timer per
@@ -51,7 +60,8 @@ MAX_PIPELINE = 64              # in-flight requests per connection before we sto
 RESUME_PIPELINE = 16
 
 REASONS = {
-    100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+    100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+    404: "Not Found",
     405: "Method Not Allowed", 413: "Content Too Large", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
@@ -98,11 +108,18 @@ class ResponseHead:
             self._prefix[status], self.date, len(body), connection, extra, body)
 
 
+def with_connection_close(response: bytes) -> bytes:
+    """A keep-alive response built by ResponseHead.build, turned into a closing one."""
+    if b"\r\nConnection: keep-alive\r\n" in response.split(b"\r\n\r\n", 1)[0] + b"\r\n":
+        return response.replace(b"\r\nConnection: keep-alive\r\n", b"\r\nConnection: close\r\n", 1)
+    return response.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
+
+
 class Request:
     """One request from the moment its first byte is parsed until its response is written."""
 
     __slots__ = ("method", "url", "body", "content_length", "head_bytes", "keep_alive", "http10",
-                 "expect_continue", "received_ns", "response")
+                 "expect_continue", "received_ns", "response", "api_key")
 
     def __init__(self) -> None:
         self.method = b""
@@ -115,6 +132,7 @@ class Request:
         self.expect_continue = False
         self.received_ns = 0
         self.response = None      # response bytes once complete
+        self.api_key = None       # the X-API-Key value (only read by ApiKeyProtocol)
 
     @property
     def path(self) -> bytes:
@@ -179,11 +197,16 @@ class HttpProtocol(asyncio.Protocol):
         if self._closing or self._ended:
             return
         self._last_active = time.monotonic()
+        # The parser buffers a header line until it ends (httptools reports a header only once the
+        # next one starts), so raw bytes are counted as well as parsed ones: a client must not be
+        # able to grow that buffer without bound by never ending a line. _raw_head_bytes is the raw
+        # size of the unfinished head so far; -1 / -2: the head began during this read, as its first
+        # message (it starts at the beginning of `data`) / after another one (start unknown).
         current = self._current
-        if current is not None and current.method == b"":
-            # Still inside a request head that began in an earlier packet. The parser buffers a
-            # header value until its line ends, so count raw bytes here as well: a client must not
-            # be able to grow that buffer without bound by never ending a line.
+        if current is None:
+            self._raw_head_bytes = 0
+        elif current.method == b"":
+            # Still inside a request head that began in an earlier read.
             self._raw_head_bytes += len(data)
             if self._raw_head_bytes > MAX_HEADER_BYTES:
                 self._reject(431, f"request headers over {MAX_HEADER_BYTES} bytes")
@@ -207,6 +230,19 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             reason = str(exc).strip() or type(exc).__name__
             self._reject(400, f"malformed HTTP request: {reason[:100]}")
+        else:
+            current = self._current
+            if current is not None and self._raw_head_bytes < 0 and current.method == b"":
+                # A head begun in this read is still unfinished at its end.
+                if self._raw_head_bytes == -1:
+                    self._raw_head_bytes = len(data)
+                    if self._raw_head_bytes > MAX_HEADER_BYTES:
+                        self._reject(431, f"request headers over {MAX_HEADER_BYTES} bytes")
+                else:
+                    # Behind other messages of the same read: where it began is not known, so
+                    # raw counting starts with the next read (the parsed bytes are counted anyway;
+                    # at most one read goes uncounted).
+                    self._raw_head_bytes = 0
 
     def eof_received(self):
         # Half-close by the client: answer what is in flight, then close (return True keeps our
@@ -229,7 +265,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         request = Request()
         self._current = request
-        self._raw_head_bytes = 0
+        self._raw_head_bytes = -1 if self._raw_head_bytes == 0 else -2
         self._request_started = self._last_active
 
     def on_url(self, url: bytes) -> None:
@@ -255,7 +291,14 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         request.method = parser.get_method()
         request.keep_alive = parser.should_keep_alive()
-        request.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                # llhttp reads a request line without a version as HTTP/0.9.
+                raise HttpReject(400, "malformed HTTP request: HTTP/1.0 or HTTP/1.1 expected"
+                                      if version == "0.9" else
+                                      f"malformed HTTP request: unsupported HTTP version {version}")
+            request.http10 = True
         if request.content_length > MAX_BODY_BYTES:
             raise HttpReject(413, f"request body over {MAX_BODY_BYTES} bytes")
         if request.expect_continue and not self.pipeline and self.transport is not None:
@@ -304,7 +347,8 @@ class HttpProtocol(asyncio.Protocol):
             if transport is None or self._closing:
                 continue
             transport.write(done.response)
-            if not done.keep_alive:
+            if not done.keep_alive and not self.app.draining:
+                # Nothing is parsed after a request that ends the connection.
                 self._finish()
                 pipeline.clear()
                 return
@@ -374,11 +418,31 @@ class HttpProtocol(asyncio.Protocol):
             self._close_now()
 
     def close_if_idle(self) -> None:
-        """Shutdown: close now unless a request is in flight (then close after its response)."""
+        """Shutdown: close now unless a request is in flight (then close after its response).
+        Every response still owed says `Connection: close` (those completed later do too:
+        on_message_complete sees app.draining)."""
         if not self.pipeline:
             self._close_now()
+            return
+        for request in self.pipeline:
+            if request.keep_alive:
+                request.keep_alive = False
+                if request.response is not None:     # built already, waiting behind another
+                    request.response = with_connection_close(request.response)
 
     def abort(self) -> None:
         self._closing = True
         if self.transport is not None:
             self.transport.abort()
+
+
+class ApiKeyProtocol(HttpProtocol):
+    """HttpProtocol that also keeps each request's X-API-Key header (httptools binds the
+    callbacks when the parser is created, so the plain protocol pays nothing for this)."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        HttpProtocol.on_header(self, name, value)
+        if len(name) == 9 and name.lower() == b"x-api-key":
+            self._current.api_key = value

@@ -23,7 +23,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from py_servers.backends import BACKENDS, BackendError, check_backend  # noqa: E402
@@ -44,6 +44,7 @@ class Settings:
     pool_size: int
     model_dir: Path
     timers: bool
+    api_key: str | None = field(default=None, repr=False)    # never printed
 
     @property
     def server_name(self) -> str:
@@ -70,10 +71,19 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--pool-size", type=int, default=8,
                         help="database connections in total, split over the workers")
     parser.add_argument("--model-dir", type=Path, default=config.ARTIFACTS_DIR)
+    parser.add_argument("--api-key", default=None, metavar="KEY",
+                        help="require header `X-API-Key: KEY` on every route but GET /health "
+                             "(default: $RANKBENCH_API_KEY; unset or empty: no key)")
     parser.add_argument("--no-timers", action="store_true",
                         help="do not time stages (to measure what the timers cost); "
                              "/stats still counts requests and errors")
     args = parser.parse_args(argv)
+    if args.api_key == "":
+        # An empty key would accept an empty header: refuse rather than guess what was meant.
+        print("--api-key must not be empty", file=sys.stderr)
+        raise SystemExit(2)
+    api_key = args.api_key if args.api_key is not None else (
+        os.environ.get("RANKBENCH_API_KEY") or None)
     if args.port is None:
         from rankbench.servers import SERVERS
         spec = SERVERS.get(f"py-{args.backend}")
@@ -86,7 +96,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
     return Settings(backend=args.backend, host=args.host, port=args.port,
                     dsn=args.dsn or config.dsn(), workers=args.workers, pool_size=args.pool_size,
-                    model_dir=args.model_dir, timers=not args.no_timers)
+                    model_dir=args.model_dir, timers=not args.no_timers, api_key=api_key)
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -143,7 +153,7 @@ async def _serve(settings: Settings, index: int, sock, shared: SharedStats, back
 
     from py_servers.app import App
     from py_servers.db import Database
-    from py_servers.http import HttpProtocol, ResponseHead
+    from py_servers.http import ApiKeyProtocol, HttpProtocol, ResponseHead
 
     loop = asyncio.get_running_loop()
     name = settings.server_name
@@ -169,14 +179,16 @@ async def _serve(settings: Settings, index: int, sock, shared: SharedStats, back
     app = App(server_name=name, backend=backend, database=database, shared_stats=shared,
               recorder=shared.recorder(index, timers=settings.timers), worker=index,
               workers=settings.workers,
-              pool_total=sum(settings.pool_share(w) for w in range(settings.workers)))
+              pool_total=sum(settings.pool_share(w) for w in range(settings.workers)),
+              api_key=settings.api_key)
     head = ResponseHead(name)
     # Everything allocated so far (the runtime's modules: ~190k objects with torch) lives as long
     # as the process. Freezing it keeps the cyclic collector from walking it again: a full
     # collection with torch loaded takes 150-350 ms on this machine, a pause in mid-benchmark.
     gc.collect()
     gc.freeze()
-    server = await loop.create_server(lambda: HttpProtocol(app, head), sock=sock, backlog=1024)
+    protocol = HttpProtocol if settings.api_key is None else ApiKeyProtocol
+    server = await loop.create_server(lambda: protocol(app, head), sock=sock, backlog=1024)
     shared.set_ready(index, True)
 
     def housekeeping():

@@ -224,3 +224,130 @@ def test_bind_refuses_a_port_someone_already_serves():
     finally:
         for s in sockets:
             s.close()
+
+
+# -- protocol-level fixes: HTTP/0.9, unfinished header line, drain, API key ----------------------
+def _connection(app=None, protocol_class=HttpProtocol):
+    app = app or _ReverseApp()
+    protocol = protocol_class(app, ResponseHead("py-test"))
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return app, protocol, transport
+
+
+def test_request_line_without_version_is_400_and_closes():
+    async def scenario():
+        app, protocol, transport = _connection()
+        protocol.data_received(b"GET /health\r\nHost: x\r\n\r\n")
+        assert app.pending == []
+        assert transport.writes[0].startswith(b"HTTP/1.1 400 ")
+        assert b"Connection: close" in transport.writes[0] and transport.closed
+        assert b'"error"' in transport.writes[0]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("first_read", [True, False])
+def test_endless_header_line_is_431_from_the_first_read(first_read):
+    async def scenario():
+        app, protocol, transport = _connection()
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        if first_read:
+            protocol.data_received(head + b"c" * 40000)
+        else:
+            protocol.data_received(head)
+            assert transport.writes == []
+            protocol.data_received(b"c" * 40000)
+        assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 431 ")
+        assert transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_header_limit_not_hit_by_pipelined_requests_in_one_read():
+    async def scenario():
+        app, protocol, transport = _connection()
+        body = b"x" * 30000
+        one = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        protocol.data_received(one + b"GET /b HTTP/1.1\r\nHo")    # the 2nd head is unfinished
+        protocol.data_received(b"st: x\r\n\r\n")
+        assert [r.url for _, r in app.pending] == [b"/a", b"/b"] and transport.writes == []
+        # A head just under the limit spread over two reads is fine too.
+        app, protocol, transport = _connection()
+        protocol.data_received(b"GET /c HTTP/1.1\r\nX-Pad: " + b"c" * 8000)
+        protocol.data_received(b"c" * 8000 + b"\r\n\r\n")
+        assert [r.url for _, r in app.pending] == [b"/c"] and transport.writes == []
+
+    asyncio.run(scenario())
+
+
+def test_responses_during_drain_say_connection_close():
+    async def scenario():
+        app, protocol, transport = _connection()
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        (conn, first), (_, second) = app.pending
+        conn.respond(second, 200, b"{}")            # built before the drain, waits behind /a
+        app.draining = True
+        protocol.close_if_idle()
+        conn.respond(first, 200, b"{}")
+        assert len(transport.writes) == 2
+        for written in transport.writes:
+            head = written.split(b"\r\n\r\n", 1)[0]
+            assert head.count(b"Connection:") == 1 and b"Connection: close" in head
+            assert written.endswith(b"\r\n\r\n{}")
+
+    asyncio.run(scenario())
+
+
+class _KeyApp(_ReverseApp):
+    """The real App's key check in front of a router that records what got through."""
+
+    def __init__(self, key):
+        super().__init__()
+        from py_servers.app import App
+        self.requests_counted = []
+        self.recorder = type("R", (), {"record_request": lambda _, error, stages=None:
+                                       self.requests_counted.append(error)})()
+        self._api_key = key
+        self._route = super().handle
+        self.handle = lambda conn, request: App._handle_with_key(self, conn, request)
+
+
+def test_api_key_guards_every_route_but_health():
+    from py_servers.http import ApiKeyProtocol
+
+    async def scenario():
+        app, protocol, transport = _connection(_KeyApp(b"k3y"), ApiKeyProtocol)
+        protocol.data_received(
+            b"POST /rank HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+            b"GET /nope HTTP/1.1\r\nX-API-Key: wrong\r\n\r\n"
+            b"GET /health HTTP/1.1\r\n\r\n"
+            b"GET /stats HTTP/1.1\r\nx-api-key: k3y\r\n\r\n"
+            b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert [r.url for _, r in app.pending] == [b"/health", b"/stats"]
+        statuses = [w.split(b" ", 2)[1] for w in transport.writes]
+        assert statuses == [b"401", b"401"]     # /health and /stats are pending, in order
+        assert transport.writes[0].endswith(b'\r\n\r\n{"error":"missing or invalid API key"}')
+        assert b"Content-Type: application/json" in transport.writes[0]
+        assert b"Connection: close" not in transport.writes[0] and not transport.closed
+        assert app.requests_counted == [True]   # the 401 on /rank counts as an error
+
+    asyncio.run(scenario())
+
+
+def test_api_key_flag_and_environment(monkeypatch, capsys):
+    from py_servers.main import parse_args
+
+    base = ["--backend", "none", "--port", "0"]
+    monkeypatch.delenv("RANKBENCH_API_KEY", raising=False)
+    assert parse_args(base).api_key is None
+    monkeypatch.setenv("RANKBENCH_API_KEY", "")
+    assert parse_args(base).api_key is None
+    monkeypatch.setenv("RANKBENCH_API_KEY", "from-env")
+    assert parse_args(base).api_key == "from-env"
+    assert parse_args(base + ["--api-key", "flag"]).api_key == "flag"
+    assert "flag" not in repr(parse_args(base + ["--api-key", "flag"]))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(base + ["--api-key", ""])
+    assert exit_info.value.code != 0
+    assert capsys.readouterr().err.strip() == "--api-key must not be empty"
