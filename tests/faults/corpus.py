@@ -77,6 +77,18 @@ class Case:
         return shorten(self.request, limit)
 
 
+# Deviations from the contract that a server's HTTP stack imposes and does not let us configure,
+# keyed by (registry language, case). They are stated in docs/contract.md; for them the test expects
+# the documented answer exactly (still a short JSON error, and the server must still serve), so a
+# server that changes behaviour fails, and docs/robustness.md lists them as deviations, not passes.
+KNOWN_DEVIATIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("rust", "header_count_100_ok"):
+        ("431", "actix-http accepts at most 96 header lines (a constant, not a setting)"),
+    ("rust", "header_line_never_ends"):
+        ("408", "actix-http buffers up to 128 KiB of request head and answers at its 5 s head timeout"),
+}
+
+
 def shorten(data: bytes, limit: int = 120) -> str:
     text = data.decode("latin-1").encode("unicode_escape").decode("ascii")
     if len(text) <= limit:

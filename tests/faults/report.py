@@ -205,9 +205,17 @@ def render(rows: list[dict], profile: str, exit_code: int | None = None) -> str:
                             None)
                 cells.append("not run" if test is None else test["outcome"])
             else:
-                cells.append(answer["label"] if answer["ok"] else f"**{answer['label']}**")
+                label = answer["label"] if answer["ok"] else f"**{answer['label']}**"
+                cells.append(f"{label} (deviation)" if answer.get("deviation") else label)
         add(f"| {case.name} | {code(case.excerpt(70), 60)} | {case.expected_label} | "
             + " | ".join(cells) + " |")
+    deviations = sorted({(a["server"], a["case"], a["deviation"]) for a in by_kind["answer"]
+                         if a.get("deviation")})
+    if deviations:
+        add("*(deviation)* marks a known deviation from the contract imposed by the server's HTTP "
+            "stack (docs/contract.md); the case then expects that documented answer exactly:\n")
+        for server, case_name, reason in deviations:
+            add(f"- {server} / {case_name}: {reason}")
     add("")
 
     # -- figures ---------------------------------------------------------------------------------

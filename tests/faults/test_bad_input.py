@@ -11,7 +11,9 @@ import pytest
 from . import record
 from .checks import error_problems
 from .conftest import assert_serves
-from .corpus import CASES, VALID_REQUEST, check_valid_answer, shorten
+from rankbench.servers import SERVERS
+
+from .corpus import CASES, KNOWN_DEVIATIONS, VALID_REQUEST, check_valid_answer, shorten
 from .rawhttp import Connection, Response
 
 
@@ -32,6 +34,9 @@ def _judge(case, response: Response, expect: frozenset[str]) -> list[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(server_name, server, case):
+    deviation = KNOWN_DEVIATIONS.get((SERVERS[server_name].language, case.name))
+    expect = frozenset({deviation[0]}) if deviation else case.expect
+    keeps_connection = case.keeps_connection and deviation is None
     conn = Connection(server.host, server.port)
     answers: list[Response] = []
     try:
@@ -40,13 +45,13 @@ def test_bad_input(server_name, server, case):
             conn.half_close()
         first = conn.read_response()
         answers.append(first)
-        problems = _judge(case, first, case.expect)
+        problems = _judge(case, first, expect)
         for index, label in enumerate(case.followups, start=2):
             follow = conn.read_response()
             answers.append(follow)
             problems += [f"answer #{index}: {p}" for p in
                          _judge(case, follow, frozenset({label}))]
-        if case.keeps_connection and not problems:
+        if keeps_connection and not problems:
             conn.send(VALID_REQUEST)
             again = conn.read_response()
             answers.append(again)
@@ -59,7 +64,8 @@ def test_bad_input(server_name, server, case):
     finally:
         conn.close()
     record.record("answer", server=server_name, case=case.name, group=case.group,
-                  expected=case.expected_label, label=first.label, ok=not problems,
+                  expected=" or ".join(sorted(expect)), label=first.label, ok=not problems,
+                  deviation=deviation[1] if deviation else None,
                   problems=problems, elapsed_s=round(first.elapsed_s, 4),
                   sent=shorten(case.request, 300),
                   received=[shorten(a.raw, 400) for a in answers])
