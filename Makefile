@@ -49,10 +49,12 @@ compare:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=results/<old> B=results/<new>" >&2; exit 2; }
 	@$(PY) -m analysis compare $(A) $(B)
 
-# The Rust server, release profile of candle_server/Cargo.toml (opt-level 3, fat LTO, one codegen unit).
+# The Rust server and the py-candle extension (candle_server/pyext, installed into .venv), both with
+# the release profile of their Cargo.toml (opt-level 3, fat LTO, one codegen unit).
 .PHONY: build
 build: setup
 	@$(CARGO) build --release --quiet --manifest-path candle_server/Cargo.toml
+	@bash candle_server/pyext/install.sh
 
 # The study. Overrides: SERVERS= ITEMS= CONCURRENCY= DURATION= WARMUP= REPEATS= WORKERS= POOL= PIN=
 # (also TOP_K= WRK_THREADS= SEED= CEILING_CLIENTS=pool|concurrency); make passes them as env vars.
@@ -79,9 +81,12 @@ soak: seed model build
 # candle 8003, candle-no-model 8006). Ctrl-C stops them. WORKERS= and POOL= as in the bench.
 WORKERS ?= 1
 POOL ?= 8
-.PHONY: serve-torch serve-onnx serve-none serve-candle serve-candle-no-model
+.PHONY: serve-torch serve-onnx serve-none serve-py-candle serve-candle serve-candle-no-model
 serve-torch serve-onnx serve-none: serve-%: db-up model
 	$(PY) -m py_servers --backend $* --workers $(WORKERS) --pool-size $(POOL)
+
+serve-py-candle: db-up model build
+	$(PY) -m py_servers --backend candle --port 8004 --workers $(WORKERS) --pool-size $(POOL)
 
 serve-candle: db-up model build
 	candle_server/target/release/candle_server --port 8003 --workers $(WORKERS) --pool-size $(POOL) --model-dir artifacts

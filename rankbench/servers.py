@@ -47,6 +47,7 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("py-torch", "torch", 8001, True, "python", _python("torch")),
         ServerSpec("py-onnx", "onnx", 8002, True, "python", _python("onnx")),
         ServerSpec("py-none", "none", 8005, False, "python", _python("none")),
+        ServerSpec("py-candle", "candle", 8004, True, "python", _python("candle")),
         ServerSpec("candle", "candle", 8003, True, "rust", _rust(), (CANDLE_BINARY,)),
         ServerSpec("candle-no-model", "none", 8006, False, "rust", _rust("--no-model"),
                    (CANDLE_BINARY,)),

@@ -34,6 +34,7 @@ BACKENDS: dict[str, str] = {
     "torch": "py_servers.backends.torch_backend",
     "onnx": "py_servers.backends.onnx_backend",
     "none": "py_servers.backends.none_backend",
+    "candle": "py_servers.backends.candle_backend",
 }
 
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the rankbench_candle extension (py-candle's runtime) in release mode and installs it into
+# the project's venv. Called by `make setup`/`make build`; safe to call again: it returns at once
+# when the installed extension was built from the current sources (a fingerprint of both crates'
+# sources, manifests and lock files, the toolchain and the Python interpreter).
+#
+#   candle_server/pyext/install.sh [--force]
+#
+# Environment: PYTHON (default .venv/bin/python), CARGO_TARGET_DIR (default candle_server/target,
+# shared with the server so that nothing is written under pyext/).
+set -euo pipefail
+
+pyext=$(cd "$(dirname "$0")" && pwd)
+crate=$(dirname "$pyext")
+root=$(dirname "$crate")
+PYTHON=${PYTHON:-$root/.venv/bin/python}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$crate/target}
+stamp=$root/.venv/.rankbench-candle-installed
+log=$CARGO_TARGET_DIR/rankbench_candle-build.log
+
+fail() { echo "pyext: $*" >&2; exit 1; }
+
+[ -x "$PYTHON" ] || fail "no Python at $PYTHON: run \`make setup\` first"
+command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust stable (https://rustup.rs)"
+maturin=$(dirname "$PYTHON")/maturin
+[ -x "$maturin" ] || maturin=$(command -v maturin || true)
+[ -n "$maturin" ] || fail "maturin not found: \`$PYTHON -m pip install 'maturin>=1.9.4'\` (in rankbench[dev])"
+
+# Candle and gemm must be the very versions the Rust server runs (one lock file per crate).
+refresh="refresh the binding's lock file from the server's: cp candle_server/Cargo.lock \
+candle_server/pyext/Cargo.lock && cargo metadata --format-version 1 \
+--manifest-path candle_server/pyext/Cargo.toml >/dev/null"
+for name in candle-core candle-nn gemm; do
+    want=$(grep -A1 "^name = \"$name\"$" "$crate/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
+    have=$(grep -A1 "^name = \"$name\"$" "$pyext/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
+    [ "$want" = "$have" ] || fail "$name is $have in pyext/Cargo.lock but $want in candle_server/Cargo.lock: \
+$refresh"
+done
+
+fingerprint() {
+    {
+        (cd "$crate" && find Cargo.toml Cargo.lock build.rs src \
+            pyext/Cargo.toml pyext/Cargo.lock pyext/build.rs pyext/pyproject.toml \
+            pyext/rankbench_candle.pyi pyext/src -type f -print0 | sort -z | xargs -0 sha256sum)
+        rustc -vV
+        "$PYTHON" -c 'import sys; print(sys.executable, sys.version)'
+        echo "RUSTFLAGS=${RUSTFLAGS:-} CARGO_ENCODED_RUSTFLAGS=${CARGO_ENCODED_RUSTFLAGS:-}"
+    } | sha256sum | cut -d' ' -f1
+}
+
+want=$(fingerprint)
+if [ "${1:-}" != "--force" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+        && "$PYTHON" -c 'import rankbench_candle' 2>/dev/null; then
+    exit 0
+fi
+
+echo "pyext: building rankbench_candle (release, fat LTO; the first build takes minutes)"
+mkdir -p "$CARGO_TARGET_DIR"
+wheels=$CARGO_TARGET_DIR/wheels
+rm -f "$wheels"/rankbench_candle-*.whl
+start=$(date +%s)
+# --locked: exactly the versions in pyext/Cargo.lock (kept equal to the server's, checked above).
+if ! "$maturin" build --release --locked --manifest-path "$pyext/Cargo.toml" -i "$PYTHON" \
+        -o "$wheels" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    grep -q "lock file .* needs to be updated" "$log" && fail "pyext/Cargo.lock is out of date: $refresh"
+    fail "maturin build failed (full log: $log)"
+fi
+wheel=$(ls "$wheels"/rankbench_candle-*.whl)
+if ! "$PYTHON" -m pip install --no-deps --no-index --force-reinstall "$wheel" >>"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    fail "pip install $wheel failed (full log: $log)"
+fi
+"$PYTHON" - <<'EOF' || fail "the installed rankbench_candle does not import as a release build"
+import rankbench_candle
+info = rankbench_candle.build_info()
+assert info["profile"] == "release" and not info["debug_assertions"], info
+assert rankbench_candle.compute_threads() == 1
+EOF
+echo "$want" > "$stamp"
+echo "pyext: installed $(basename "$wheel") in $(( $(date +%s) - start )) s"
