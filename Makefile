@@ -77,7 +77,7 @@ faults: seed model build
 soak: seed model build
 	@$(PY) -m tests.faults.soak
 
-# Servers in the foreground on their registry ports (py-torch 8001, py-onnx 8002, py-none 8005,
+# Servers in the foreground on their registry ports (py-torch 8001, py-onnx 8002, py-candle 8004, py-none 8005,
 # candle 8003, candle-no-model 8006). Ctrl-C stops them. WORKERS= and POOL= as in the bench.
 WORKERS ?= 1
 POOL ?= 8
