@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
-from analysis import histograms as hist
+from rankbench import histogram as hist
 from analysis.load import (HANDLER_TOTAL, RESOURCE_SIDES, STAGES, Config, Results, ResultsError,
                            Run)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import SUPPORTED_SCHEMAS
-from analysis.histograms import Histogram, HistogramError, parse as parse_histogram
+from rankbench.histogram import Histogram, HistogramError, parse as parse_histogram
 
 RUNS_FILE = "runs.jsonl"
 ENV_FILE = "env.json"
