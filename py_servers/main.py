@@ -36,6 +36,7 @@ SUPERVISOR_KILL_S = 4.5     # parent: SIGKILL what is still running after this
 
 @dataclass(frozen=True)
 class Settings:
+    server_name: str          # reported in /health, /stats and the Server header
     backend: str
     host: str
     port: int
@@ -45,10 +46,6 @@ class Settings:
     model_dir: Path
     timers: bool
     api_key: str | None = field(default=None, repr=False)    # never printed
-
-    @property
-    def server_name(self) -> str:
-        return f"py-{self.backend}"
 
     def pool_share(self, worker: int) -> int:
         """--pool-size is the total over all workers; at least one connection each."""
@@ -61,11 +58,14 @@ def parse_args(argv: list[str] | None) -> Settings:
         prog="python -m py_servers",
         description="rankbench Python server (uvloop + httptools + asyncpg + orjson); "
                     "see docs/contract.md")
+    parser.add_argument("--server-name", required=True, metavar="NAME",
+                        help="the name reported in /health and /stats (a name from "
+                             "rankbench.servers, or any other name with --port)")
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
                         help="model runtime; `none` skips inference (the DB-and-HTTP floor)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None,
-                        help="default: the server's port in rankbench.servers")
+                        help="default: the port of --server-name in rankbench.servers")
     parser.add_argument("--dsn", default=None, help="default: $DATABASE_URL or the private cluster")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     parser.add_argument("--pool-size", type=int, default=8,
@@ -84,17 +84,28 @@ def parse_args(argv: list[str] | None) -> Settings:
         raise SystemExit(2)
     api_key = args.api_key if args.api_key is not None else (
         os.environ.get("RANKBENCH_API_KEY") or None)
+    name = args.server_name
+    # The name goes into the Server header verbatim: printable ASCII, no spaces (no CR/LF).
+    if not name or not all("!" <= c <= "~" for c in name):
+        parser.error(f"--server-name must be printable ASCII without spaces, got {name!r}")
+    from rankbench.servers import SERVERS
+    spec = SERVERS.get(name)
+    if spec is not None and (spec.language != "python" or spec.backend != args.backend):
+        # Results are keyed by this name: never let one server report under another's.
+        parser.error(f"--server-name {name} is registered in rankbench.servers as a "
+                     f"{spec.language} server with backend {spec.backend}, "
+                     f"not a python server with --backend {args.backend}")
     if args.port is None:
-        from rankbench.servers import SERVERS
-        spec = SERVERS.get(f"py-{args.backend}")
-        args.port = spec.default_port if spec else 8000
+        if spec is None:
+            parser.error("--port is required for a server not in rankbench.servers")
+        args.port = spec.default_port
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.pool_size < 1:
         parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
-    return Settings(backend=args.backend, host=args.host, port=args.port,
+    return Settings(server_name=name, backend=args.backend, host=args.host, port=args.port,
                     dsn=args.dsn or config.dsn(), workers=args.workers, pool_size=args.pool_size,
                     model_dir=args.model_dir, timers=not args.no_timers, api_key=api_key)
 

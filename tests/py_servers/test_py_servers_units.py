@@ -203,7 +203,9 @@ def test_malformed_request_answered_after_earlier_ones_then_closed():
 # -- process layer --------------------------------------------------------------------------------
 def test_pool_split_over_workers():
     def settings(pool, workers):
-        return Settings("none", "127.0.0.1", 0, "postgresql://x", workers, pool, None, True)
+        return Settings(server_name="py-test", backend="none", host="127.0.0.1", port=0,
+                        dsn="postgresql://x", workers=workers, pool_size=pool, model_dir=None,
+                        timers=True)
 
     assert [settings(8, 3).pool_share(w) for w in range(3)] == [3, 3, 2]
     assert [settings(8, 1).pool_share(w) for w in range(1)] == [8]
@@ -338,7 +340,7 @@ def test_api_key_guards_every_route_but_health():
 def test_api_key_flag_and_environment(monkeypatch, capsys):
     from py_servers.main import parse_args
 
-    base = ["--backend", "none", "--port", "0"]
+    base = ["--server-name", "py-test", "--backend", "none", "--port", "0"]
     monkeypatch.delenv("RANKBENCH_API_KEY", raising=False)
     assert parse_args(base).api_key is None
     monkeypatch.setenv("RANKBENCH_API_KEY", "")
@@ -351,3 +353,106 @@ def test_api_key_flag_and_environment(monkeypatch, capsys):
         parse_args(base + ["--api-key", ""])
     assert exit_info.value.code != 0
     assert capsys.readouterr().err.strip() == "--api-key must not be empty"
+
+
+# -- --server-name --------------------------------------------------------------------------------
+def _python_spec():
+    from rankbench.servers import SERVERS
+
+    return next(spec for spec in SERVERS.values() if spec.language == "python")
+
+
+def _parse_error(argv, capsys) -> str:
+    from py_servers.main import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_server_name_is_required(capsys):
+    err = _parse_error(["--backend", "none", "--port", "0"], capsys)
+    assert "the following arguments are required: --server-name" in err
+
+
+def test_registered_name_takes_its_registry_port():
+    from py_servers.main import parse_args
+
+    spec = _python_spec()
+    settings = parse_args(["--server-name", spec.name, "--backend", spec.backend])
+    assert (settings.server_name, settings.port) == (spec.name, spec.default_port)
+    assert parse_args(["--server-name", spec.name, "--backend", spec.backend,
+                       "--port", "0"]).port == 0
+
+
+def test_unregistered_name_needs_a_port(capsys):
+    from py_servers.main import parse_args
+
+    err = _parse_error(["--server-name", "exp-onnx-spin", "--backend", "none"], capsys)
+    assert err.strip().endswith("error: --port is required for a server not in rankbench.servers")
+    settings = parse_args(["--server-name", "exp-onnx-spin", "--backend", "none", "--port", "9123"])
+    assert (settings.server_name, settings.port) == ("exp-onnx-spin", 9123)
+
+
+def test_a_registered_name_cannot_be_borrowed(capsys):
+    from rankbench.servers import SERVERS
+
+    python = _python_spec()
+    other_backend = next(b for b in ("none", "onnx") if b != python.backend)
+    err = _parse_error(["--server-name", python.name, "--backend", other_backend], capsys)
+    assert f"--server-name {python.name} is registered" in err
+    rust = next(spec for spec in SERVERS.values() if spec.language == "rust")
+    err = _parse_error(["--server-name", rust.name, "--backend", "none", "--port", "0"], capsys)
+    assert f"--server-name {rust.name} is registered" in err and "rust" in err
+
+
+@pytest.mark.parametrize("name", ["", "py onnx", "py-onnx\r\nX-Evil: 1", "py-\u00f6nnx"])
+def test_server_name_must_fit_a_header(name, capsys):
+    err = _parse_error(["--server-name", name, "--backend", "none", "--port", "0"], capsys)
+    assert "--server-name must be printable ASCII without spaces" in err
+
+
+class _Responses:
+    """A connection stand-in that keeps what the app answers."""
+
+    def __init__(self):
+        self.answers = []
+
+    def respond(self, request, status, body, extra=b""):
+        self.answers.append((status, json.loads(body) if body else None))
+
+
+class _Database:
+    def __init__(self, problem=None):
+        self.problem = problem
+
+    async def check(self):
+        return self.problem
+
+
+def _app(name, *, database=None, workers=1, backend=None):
+    from py_servers.app import App
+    from py_servers.backends.none_backend import NoneBackend
+
+    shared = SharedStats(workers)
+    return App(server_name=name, backend=backend or NoneBackend(),
+               database=database or _Database(), shared_stats=shared,
+               recorder=shared.recorder(0), worker=0, workers=workers, pool_total=1)
+
+
+def test_health_and_stats_report_the_server_name():
+    async def scenario():
+        app = _app("exp-floor-1")
+        app.shared_stats.set_ready(0, True)
+        conn = _Responses()
+        await app._health(conn, None)
+        assert app.stats()["server"] == "exp-floor-1"
+        app.database.problem = "connection refused"
+        await app._health(conn, None)
+        return conn.answers
+
+    ok, unavailable = asyncio.run(scenario())
+    assert ok == (200, {"status": "ok", "server": "exp-floor-1"})
+    assert unavailable == (503, {"status": "unavailable", "server": "exp-floor-1",
+                                 "error": "database unavailable: connection refused"})
