@@ -29,6 +29,7 @@ import traceback
 import numpy as np
 import orjson
 
+from py_servers.backends import runtime_threads
 from py_servers.db import UNAVAILABLE, describe
 from py_servers.stats import STAGES
 from rankbench.config import DEFAULT_TOP_K, INPUT_FEATURES, MAX_ITEMS, MAX_TOP_K, USER_FEATURES
@@ -265,6 +266,8 @@ class App:
 
     def stats(self) -> dict:
         merged = self.shared_stats.snapshot()
+        # This worker's own figures are read again now; the others' are as they last published.
+        self.shared_stats.set_runtime_threads(self.worker, runtime_threads(self.backend))
         return {
             "server": self.server_name,
             "backend": self.backend.name,
@@ -277,6 +280,7 @@ class App:
                      "per_worker": [w["pool_size"] for w in merged["per_worker"]]},
             "per_worker": [{"pid": w["pid"], "ready": w["ready"], "requests": w["requests"],
                             "errors": w["errors"]} for w in merged["per_worker"]],
+            "runtime_threads": self.shared_stats.runtime_threads(),
         }
 
 

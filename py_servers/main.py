@@ -147,7 +147,7 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
 def run_worker(settings: Settings, index: int, sock: socket.socket, shared: SharedStats) -> int:
     import uvloop
 
-    from py_servers.backends import load_backend, warm_up
+    from py_servers.backends import load_backend, runtime_threads, warm_up
 
     name = settings.server_name
     try:
@@ -156,6 +156,8 @@ def run_worker(settings: Settings, index: int, sock: socket.socket, shared: Shar
     except BackendError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
+    # After the warm-up: some pools (torch's inter-op pool) only exist once an op has run.
+    shared.set_runtime_threads(index, runtime_threads(backend))
     return uvloop.run(_serve(settings, index, sock, shared, backend))
 
 

@@ -5,6 +5,10 @@ is its only writer, so recording needs no lock. Whichever worker answers `GET /s
 every slice. A slice is a set of log-scale buckets per stage (bucket width 2%, so the geometric
 midpoint of a bucket is within 1% of any value in it) plus an exact count, sum and max.
 
+Beside the histograms, each worker publishes its runtime's thread settings (a small JSON document
+in a second shared map, one fixed-size slot per worker), so that /stats can show them for every
+worker whichever worker answers.
+
 `POST /stats/reset` bumps a global epoch instead of zeroing other workers' slices (that would race
 with their writes): a worker whose slice carries an older epoch zeroes it before its next write,
 and readers treat such a slice as empty.
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import math
 import mmap
+
+import orjson
 
 STAGES = ("parse", "db", "pre", "infer", "post", "total")
 N_STAGES = len(STAGES)
@@ -36,6 +42,8 @@ _D_EPOCH, _D_REQUESTS, _D_ERRORS = 0, 1, 2
 _D_HEADER = 4
 _D_SLOTS = _D_HEADER + N_STAGES * _STAGE_WIDTH
 _WORKER_SLOTS = _C_SLOTS + _D_SLOTS
+# Per-worker runtime report: 8-byte length, then that many bytes of JSON.
+REPORT_BYTES = 4096
 
 
 def bucket_of(ns: int) -> int:
@@ -59,6 +67,7 @@ class SharedStats:
         self.workers = workers
         self._map = mmap.mmap(-1, 8 * (_G_SLOTS + workers * _WORKER_SLOTS))
         self.view = memoryview(self._map).cast("q")
+        self._reports = mmap.mmap(-1, REPORT_BYTES * workers)
 
     def _control(self, worker: int) -> int:
         return _G_SLOTS + worker * _WORKER_SLOTS
@@ -86,6 +95,36 @@ class SharedStats:
 
     def reset(self) -> None:
         self.view[_G_EPOCH] += 1
+
+    # Runtime thread settings, as each worker read them from its runtime.
+    def set_runtime_threads(self, worker: int, report: dict) -> None:
+        data = orjson.dumps(report)
+        if len(data) > REPORT_BYTES - 8:
+            data = orjson.dumps({"error": f"thread report of {len(data)} bytes does not fit "
+                                          f"the {REPORT_BYTES - 8} reserved"})
+        base = worker * REPORT_BYTES
+        self._reports[base + 8:base + 8 + len(data)] = data
+        self._reports[base:base + 8] = len(data).to_bytes(8, "little")
+
+    def _worker_runtime_threads(self, worker: int) -> dict | None:
+        base = worker * REPORT_BYTES
+        size = int.from_bytes(self._reports[base:base + 8], "little")
+        if size == 0:
+            return None
+        try:
+            return orjson.loads(self._reports[base + 8:base + 8 + size])
+        except orjson.JSONDecodeError:   # read while a restarted worker was rewriting it
+            return {"error": f"worker {worker}'s thread report was being rewritten"}
+
+    def runtime_threads(self) -> dict:
+        """The workers' common report; if they differ, an error with each worker's own."""
+        reports = [self._worker_runtime_threads(w) for w in range(self.workers)]
+        known = [r for r in reports if r is not None]
+        if not known:
+            return {"error": "no worker has reported its thread settings yet"}
+        if all(r == known[0] for r in known):
+            return known[0]
+        return {"error": "workers report different thread settings", "per_worker": reports}
 
     def snapshot(self) -> dict:
         """Merge all workers' current slices: requests, errors, per-worker figures, stages."""

@@ -4,6 +4,7 @@ A backend is a tiny object: it loads its weights once and exposes
 
     name: str                                  # the --backend value
     infer(x: np.ndarray) -> np.ndarray         # x: (N, 40) float32, C-contiguous -> (N,) float32 scores
+    runtime_threads() -> dict                  # thread settings as the runtime reports them now
 
 with the sigmoid applied. `BACKENDS` maps each --backend value to the module that provides it; the
 module is imported only when chosen (importing torch costs ~300 MB that py-onnx should not carry),
@@ -24,6 +25,8 @@ class Backend(Protocol):
     name: str
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def runtime_threads(self) -> dict: ...
 
 
 class BackendError(Exception):
@@ -63,6 +66,21 @@ def model_file(model_dir: Path, filename: str) -> Path:
     if not path.is_file():
         raise BackendError(f"model file {path} not found: run `make model`")
     return path
+
+
+def runtime_threads(backend: Backend) -> dict:
+    """The backend's thread settings read back from its runtime (not the values we asked for),
+    plus every native thread pool threadpoolctl finds (numpy's BLAS, OpenMP) when it is installed;
+    it is not a dependency of rankbench, so without it that key is absent."""
+    report = dict(backend.runtime_threads())
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return report
+    report["threadpools"] = [
+        {key: pool.get(key) for key in ("user_api", "internal_api", "prefix", "num_threads")}
+        for pool in threadpool_info()]
+    return report
 
 
 def warm_up(backend: Backend, batch_sizes=(1, 10, 100, 1000), rounds: int = 3) -> None:

@@ -38,6 +38,17 @@ class CandleBackend:
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self._infer(x)
 
+    def runtime_threads(self) -> dict:
+        read = getattr(rankbench_candle, "runtime_threads", None)
+        if read is None:
+            return {"error": "rankbench_candle.runtime_threads() is missing from the installed "
+                             "extension: rebuild it with `make build`"}
+        report = read()
+        if not isinstance(report, dict):
+            return {"error": f"rankbench_candle.runtime_threads() returned a "
+                             f"{type(report).__name__}, expected a dict"}
+        return report
+
 
 def load(model_dir: Path) -> CandleBackend:
     return CandleBackend(model_file(model_dir, MODEL_FILE))

@@ -14,6 +14,9 @@ class NoneBackend:
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.zeros(x.shape[0], dtype=np.float32)
 
+    def runtime_threads(self) -> dict:
+        return {}
+
 
 def load(model_dir: Path) -> NoneBackend:
     return NoneBackend()

@@ -8,6 +8,7 @@ import numpy as np
 from py_servers.backends import BackendError, model_file
 
 MODEL_FILE = "ranknet.onnx"
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
 
 class OnnxBackend:
@@ -23,8 +24,8 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for key in SPIN_KEYS:
+            options.add_session_config_entry(key, "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options,
                                                  providers=["CPUExecutionProvider"])
@@ -40,6 +41,21 @@ class OnnxBackend:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self._run(self._outputs, {"x": x})[0].reshape(-1)
+
+    def runtime_threads(self) -> dict:
+        """The options as the session holds them (get_session_options() returns the session's
+        own copy, not the SessionOptions object this module built)."""
+        options = self._session.get_session_options()
+        report = {"intra_op_num_threads": options.intra_op_num_threads,
+                  "inter_op_num_threads": options.inter_op_num_threads,
+                  "graph_optimization_level": options.graph_optimization_level.name,
+                  "execution_mode": options.execution_mode.name}
+        for key in SPIN_KEYS:
+            try:
+                report[key] = options.get_session_config_entry(key)
+            except RuntimeError:    # the session has no such entry: nothing to report
+                pass
+        return report
 
 
 def load(model_dir: Path) -> OnnxBackend:

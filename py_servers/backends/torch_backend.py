@@ -41,6 +41,11 @@ class TorchBackend:
         with self._inference_mode():
             return self._module(self._from_numpy(x)).reshape(-1).numpy()
 
+    def runtime_threads(self) -> dict:
+        torch = self._torch
+        return {"num_threads": torch.get_num_threads(),
+                "num_interop_threads": torch.get_num_interop_threads()}
+
 
 def load(model_dir: Path) -> TorchBackend:
     return TorchBackend(model_file(model_dir, MODEL_FILE))

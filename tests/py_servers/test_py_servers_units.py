@@ -4,8 +4,13 @@ the pool split and the SO_REUSEPORT guard. (The HTTP behaviour is covered by tes
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -456,3 +461,79 @@ def test_health_and_stats_report_the_server_name():
     assert ok == (200, {"status": "ok", "server": "exp-floor-1"})
     assert unavailable == (503, {"status": "unavailable", "server": "exp-floor-1",
                                  "error": "database unavailable: connection refused"})
+
+
+# -- runtime thread settings ------------------------------------------------------------------------
+def test_stats_reports_every_workers_thread_settings(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)     # as if not installed
+
+    async def scenario():
+        app = _app("exp-floor-1", workers=2)
+        shared = app.shared_stats
+        assert app.stats()["runtime_threads"] == {}              # none: no runtime threads
+        shared.set_runtime_threads(1, {"num_threads": 1})
+        disagreeing = app.stats()["runtime_threads"]
+        shared.set_runtime_threads(1, {})
+        return disagreeing, app.stats()["runtime_threads"]
+
+    disagreeing, agreeing = asyncio.run(scenario())
+    assert disagreeing == {"error": "workers report different thread settings",
+                           "per_worker": [{}, {"num_threads": 1}]}
+    assert agreeing == {}
+
+
+def test_thread_settings_before_any_worker_reported():
+    assert SharedStats(2).runtime_threads() == {
+        "error": "no worker has reported its thread settings yet"}
+
+
+def test_threadpoolctl_pools_are_added_when_installed(monkeypatch):
+    from py_servers.backends import runtime_threads
+    from py_servers.backends.none_backend import NoneBackend
+
+    pools = [{"user_api": "blas", "internal_api": "openblas", "prefix": "libscipy_openblas",
+              "filepath": "/x/libscipy_openblas.so", "version": "0.3.29", "num_threads": 1}]
+    fake = types.SimpleNamespace(threadpool_info=lambda: pools)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", fake)
+    assert runtime_threads(NoneBackend()) == {"threadpools": [
+        {"user_api": "blas", "internal_api": "openblas", "prefix": "libscipy_openblas",
+         "num_threads": 1}]}
+
+
+def test_onnx_session_reports_the_contracts_thread_settings(model_dir):
+    from py_servers.backends import load_backend
+
+    backend = load_backend("onnx", model_dir)
+    assert backend.runtime_threads() == {
+        "intra_op_num_threads": 1, "inter_op_num_threads": 1,
+        "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
+        "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def test_torch_reports_one_thread_of_each_kind(model_dir):
+    # In a fresh process, like a worker: torch's inter-op pool can be sized once per process only.
+    code = ("import json, sys; from py_servers.backends import load_backend; "
+            "print(json.dumps(load_backend('torch', sys.argv[1]).runtime_threads()))")
+    done = subprocess.run([sys.executable, "-c", code, str(model_dir)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "4"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"num_threads": 1, "num_interop_threads": 1}
+
+
+def test_candle_without_runtime_threads_says_so(monkeypatch):
+    extension = types.SimpleNamespace()          # an extension built before runtime_threads()
+    monkeypatch.setitem(sys.modules, "rankbench_candle", extension)
+    # Imported afresh against the stand-in; both the module entry and the package attribute are
+    # put back afterwards, so other suites still get the real extension.
+    monkeypatch.delitem(sys.modules, "py_servers.backends.candle_backend", raising=False)
+    monkeypatch.setattr(importlib.import_module("py_servers.backends"), "candle_backend", None,
+                        raising=False)
+    candle_backend = importlib.import_module("py_servers.backends.candle_backend")
+    monkeypatch.setattr(candle_backend, "rankbench_candle", extension)
+    backend = object.__new__(candle_backend.CandleBackend)
+    report = backend.runtime_threads()
+    assert set(report) == {"error"} and "runtime_threads() is missing" in report["error"]
+    extension.runtime_threads = lambda: {"compute_threads": 1}
+    assert backend.runtime_threads() == {"compute_threads": 1}
+    extension.runtime_threads = lambda: 1
+    assert "expected a dict" in backend.runtime_threads()["error"]
