@@ -77,19 +77,14 @@ faults: seed model build
 soak: seed model build
 	@$(PY) -m tests.faults.soak
 
-# Servers in the foreground on their registry ports (py-torch 8001, py-onnx 8002, py-candle 8004, py-none 8005,
-# candle 8003, candle-no-model 8006). Ctrl-C stops them. WORKERS= and POOL= as in the bench.
+# One server in the foreground on its registry port: `make serve SERVER=py-onnx` (`make list-servers`
+# names them). Ctrl-C stops it. WORKERS= and POOL= as in the bench.
 WORKERS ?= 1
 POOL ?= 8
-.PHONY: serve-torch serve-onnx serve-none serve-py-candle serve-candle serve-candle-no-model
-serve-torch serve-onnx serve-none: serve-%: db-up model
-	$(PY) -m py_servers --backend $* --workers $(WORKERS) --pool-size $(POOL)
+.PHONY: serve list-servers
+serve: db-up model
+	@test -n "$(SERVER)" || { echo "usage: make serve SERVER=<name> (make list-servers names them)" >&2; exit 2; }
+	@$(PY) -m rankbench.servers serve $(SERVER) --workers $(WORKERS) --pool-size $(POOL)
 
-serve-py-candle: db-up model build
-	$(PY) -m py_servers --backend candle --port 8004 --workers $(WORKERS) --pool-size $(POOL)
-
-serve-candle: db-up model build
-	candle_server/target/release/candle_server --port 8003 --workers $(WORKERS) --pool-size $(POOL) --model-dir artifacts
-
-serve-candle-no-model: db-up build
-	candle_server/target/release/candle_server --port 8006 --no-model --workers $(WORKERS) --pool-size $(POOL)
+list-servers: setup
+	@$(PY) -m rankbench.servers list

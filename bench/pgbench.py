@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import histogram
-
-USER_SQL = "SELECT features FROM users WHERE id = $1"
-ITEMS_SQL = "SELECT id, features FROM items WHERE id = ANY($1)"
+from rankbench import histogram
+from rankbench.contract import ITEMS_SQL, USER_SQL  # noqa: F401  (the statements pgbench must send)
 ARRAY_POOL = 64
 
 
@@ -118,7 +116,7 @@ def read_logs(log_prefix: Path) -> list[tuple[float, int]]:
     return rows
 
 
-def window(rows: list[tuple[float, int]], start: float, end: float) -> histogram.Histogram:
+def window(rows: list[tuple[float, int]], start: float, end: float) -> histogram.Pairs:
     """Histogram of the latencies of transactions that completed in [start, end)."""
     return histogram.from_values(lat for t, lat in rows if start <= t < end)
 

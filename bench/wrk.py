@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench import histogram
+from rankbench import histogram
 from rankbench.config import ROOT
 
 SCRIPTS_DIR = ROOT / "wrk_scripts"
@@ -59,7 +59,7 @@ def client_record(data: dict, connections: int) -> dict:
     """The contract's `client` object from a parsed wrk line.
 
     `histogram` and `latency_us` are the measured latencies: wrk's coordinated-omission correction is
-    undone (see bench/histogram.py), so the histogram holds exactly one value per recorded response,
+    undone (see rankbench/histogram.py), so the histogram holds exactly one value per recorded response,
     like pgbench's. wrk's own corrected figures are kept as `latency_us_wrk_corrected`, with the
     interval needed to re-apply the correction (`histogram.co_correct`)."""
     requests = int(data["requests"])

@@ -11,6 +11,7 @@ ARTIFACTS_DIR = ROOT / "artifacts"
 RESULTS_DIR = ROOT / "results"
 CANDLE_DIR = ROOT / "candle_server"
 CANDLE_BINARY = CANDLE_DIR / "target" / "release" / "candle_server"
+CEILING_BINARY = CANDLE_DIR / "target" / "release" / "rankbench-ceiling"
 
 PG_PORT = 55432
 PG_USER = "bench"

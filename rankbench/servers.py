@@ -1,58 +1,148 @@
-"""The registry of servers that speak the contract.
+"""The registry of servers that speak the contract: the one place that names a server.
 
-A server joins the benchmark, the conformance suite and the fault suite by adding one entry here;
-nothing else names servers. Each entry knows how to build its command line from the contract's
-common flags, and whether it computes real model scores (the `none`/`--no-model` floors do not).
+A server joins the benchmark, the conformance suite, the fault suite, `make serve` and the reports
+by adding one entry here. Each entry describes the server by its facets (language, HTTP stack,
+runtime, interpreter, variant), its role (a model server or a floor without a model) and its floor,
+its default port, what it needs before it can start, how long it may take to start and stop, and
+how to build its command line from the contract's common flags. Nothing else builds or writes a
+server name: the analysis compares servers by their facets (`isolated_facet`), never by name.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from rankbench.config import ARTIFACTS_DIR, CANDLE_BINARY, ROOT
 
+# The facets that say what a server is made of. Two servers that differ in exactly one of them
+# isolate that one thing (see `isolated_facet`).
+FACETS = ("language", "http", "runtime", "interpreter", "variant")
+# Facets that belong to a language: no HTTP stack or interpreter is shared between Python and Rust,
+# so a pair of other languages necessarily differs in these too, and they count as one difference.
+LANGUAGE_BOUND = ("http", "interpreter")
+PER_REQUEST = "per-request"          # the variant of every server that answers each request alone
+NO_MODEL = "none"                    # the runtime facet of a floor
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A file or an importable Python module a server needs, and the make target that makes it."""
+    what: str                 # "file" or "module"
+    target: str               # a path, or a module name
+    make: str                 # e.g. "make build"
+
+    def missing(self, python: str | None = None) -> bool:
+        if self.what == "file":
+            return not Path(self.target).exists()
+        if python in (None, sys.executable):
+            return importlib.util.find_spec(self.target) is None
+        import subprocess
+        probe = f"import importlib.util,sys; sys.exit(importlib.util.find_spec({self.target!r}) is None)"
+        return subprocess.run([python, "-c", probe], capture_output=True).returncode != 0
+
+    def describe(self) -> str:
+        shown = self.target
+        if self.what == "file":
+            path = Path(self.target)
+            shown = str(path.relative_to(ROOT)) if ROOT in path.parents else str(path)
+        return f"{shown} ({self.what}; run `{self.make}`)"
+
 
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
-    backend: str
+    language: str                          # python | rust
+    http: str                              # uvloop-httptools | actix | ...
+    runtime: str                           # torch | onnxruntime | candle | none
+    interpreter: str | None                # cpython-3.11 for a Python server; None for native code
+    backend: str                           # what the server reports as `backend` in /stats
     default_port: int
-    real_scores: bool
-    language: str
-    build_command: Callable[..., list[str]] = field(repr=False)
-    needs: tuple[Path, ...] = ()
+    build_command: Callable[[list[str]], list[str]] = field(repr=False, compare=False)
+    variant: str = PER_REQUEST             # e.g. "micro-batching"
+    floor: str | None = None               # the same stack without a model (None for a floor)
+    prerequisites: tuple[Prerequisite, ...] = ()
+    startup_timeout_s: float = 60.0        # until /health answers 200 on a busy 2-core machine
+    stop_timeout_s: float = 10.0           # SIGTERM to exit
+    notes: str = ""
+
+    @property
+    def role(self) -> str:
+        return "floor" if self.runtime == NO_MODEL else "model"
+
+    @property
+    def real_scores(self) -> bool:
+        """A floor answers score 0.0 for every item; a model server computes real scores."""
+        return self.role == "model"
+
+    @property
+    def needs(self) -> tuple[Path, ...]:
+        return tuple(Path(p.target) for p in self.prerequisites if p.what == "file")
+
+    def facets(self) -> dict[str, str | None]:
+        return {f: getattr(self, f) for f in FACETS}
+
+    def missing(self) -> list[Prerequisite]:
+        python = self.build_command([])[0] if self.language == "python" else None
+        return [p for p in self.prerequisites if p.missing(python)]
+
+    def describe(self) -> dict:
+        """The registry facts of this server, as the harness writes them into env.json."""
+        return {"name": self.name, **self.facets(), "role": self.role, "floor": self.floor,
+                "backend": self.backend, "default_port": self.default_port,
+                "real_scores": self.real_scores, "notes": self.notes,
+                "prerequisites": [p.describe() for p in self.prerequisites],
+                "startup_timeout_s": self.startup_timeout_s, "stop_timeout_s": self.stop_timeout_s}
 
     def command(self, *, host: str = "127.0.0.1", port: int | None = None, dsn: str,
                 workers: int = 1, pool_size: int = 8,
                 model_dir: Path | str = ARTIFACTS_DIR, extra: tuple[str, ...] = ()) -> list[str]:
-        common = ["--host", host, "--port", str(port or self.default_port), "--dsn", dsn,
+        common = ["--server-name", self.name, "--host", host,
+                  "--port", str(self.default_port if port is None else port), "--dsn", dsn,
                   "--workers", str(workers), "--pool-size", str(pool_size),
                   "--model-dir", str(model_dir)]
         return self.build_command(common) + list(extra)
 
 
-def _python(backend: str) -> Callable[[list[str]], list[str]]:
-    return lambda common: [sys.executable, "-m", "py_servers", "--backend", backend, *common]
+def _interpreter_facet(version: tuple[int, int] = sys.version_info[:2]) -> str:
+    return f"cpython-{version[0]}.{version[1]}"
 
 
-def _rust(*flags: str) -> Callable[[list[str]], list[str]]:
-    return lambda common: [str(CANDLE_BINARY), *common, *flags]
+def python_server(backend: str, python: str = sys.executable
+                  ) -> Callable[[list[str]], list[str]]:
+    return lambda common: [python, "-m", "py_servers", "--backend", backend, *common]
 
 
-SERVERS: dict[str, ServerSpec] = {
-    spec.name: spec
-    for spec in (
-        ServerSpec("py-torch", "torch", 8001, True, "python", _python("torch")),
-        ServerSpec("py-onnx", "onnx", 8002, True, "python", _python("onnx")),
-        ServerSpec("py-none", "none", 8005, False, "python", _python("none")),
-        ServerSpec("py-candle", "candle", 8004, True, "python", _python("candle")),
-        ServerSpec("candle", "candle", 8003, True, "rust", _rust(), (CANDLE_BINARY,)),
-        ServerSpec("candle-no-model", "none", 8006, False, "rust", _rust("--no-model"),
-                   (CANDLE_BINARY,)),
-    )
-}
+def rust_server(binary: Path, *flags: str) -> Callable[[list[str]], list[str]]:
+    return lambda common: [str(binary), *common, *flags]
+
+
+_PY = dict(language="python", http="uvloop-httptools", interpreter=_interpreter_facet())
+_RUST = dict(language="rust", http="actix", interpreter=None,
+             prerequisites=(Prerequisite("file", str(CANDLE_BINARY), "make build"),),
+             startup_timeout_s=30.0)
+_PY_CANDLE_EXT = Prerequisite("module", "rankbench_candle", "make build")
+
+REGISTRY: tuple[ServerSpec, ...] = (
+    ServerSpec("py-torch", runtime="torch", backend="torch", default_port=8001, floor="py-none",
+               build_command=python_server("torch"), startup_timeout_s=90.0, **_PY),
+    ServerSpec("py-onnx", runtime="onnxruntime", backend="onnx", default_port=8002, floor="py-none",
+               build_command=python_server("onnx"), **_PY),
+    ServerSpec("py-candle", runtime="candle", backend="candle", default_port=8004, floor="py-none",
+               build_command=python_server("candle"), prerequisites=(_PY_CANDLE_EXT,),
+               notes="candle_server's own model code called through PyO3", **_PY),
+    ServerSpec("py-none", runtime=NO_MODEL, backend="none", default_port=8005,
+               build_command=python_server("none"), notes="the DB-and-HTTP floor", **_PY),
+    ServerSpec("candle", runtime="candle", backend="candle", default_port=8003,
+               floor="candle-no-model", build_command=rust_server(CANDLE_BINARY), **_RUST),
+    ServerSpec("candle-no-model", runtime=NO_MODEL, backend="none", default_port=8006,
+               build_command=rust_server(CANDLE_BINARY, "--no-model"),
+               notes="the DB-and-HTTP floor", **_RUST),
+)
+
+SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}
 
 
 def get(name: str) -> ServerSpec:
@@ -63,4 +153,119 @@ def get(name: str) -> ServerSpec:
         raise SystemExit(f"unknown server {name!r}; known servers: {known}") from None
 
 
-__all__ = ["ServerSpec", "SERVERS", "get", "ROOT"]
+def with_name(spec: ServerSpec, name: str, port: int) -> ServerSpec:
+    """The same server registered under another name and port (the recipe test uses it)."""
+    return replace(spec, name=name, default_port=port)
+
+
+# -- what a pair of servers isolates ------------------------------------------------------------
+def differing_facets(a: ServerSpec | dict, b: ServerSpec | dict) -> list[str]:
+    fa, fb = _facets(a), _facets(b)
+    return [f for f in FACETS if fa.get(f) != fb.get(f)]
+
+
+def isolated_facet(a: ServerSpec | dict, b: ServerSpec | dict) -> str | None:
+    """The one facet a pair differs in, or None when it differs in none or in more than one.
+
+    A difference of language counts once with the facets bound to a language (HTTP stack,
+    interpreter): py-candle vs candle isolates the server layer."""
+    diff = differing_facets(a, b)
+    if "language" in diff:
+        diff = [f for f in diff if f not in LANGUAGE_BOUND]
+    return diff[0] if len(diff) == 1 else None
+
+
+def pair_sentence(a: ServerSpec | dict, b: ServerSpec | dict) -> str | None:
+    """One sentence saying what the pair isolates, or None when it isolates no single facet."""
+    facet = isolated_facet(a, b)
+    if facet is None:
+        return None
+    fa, fb = _facets(a), _facets(b)
+    na, nb = _name(a), _name(b)
+    if facet == "language":
+        what = (f"same runtime ({fa['runtime']}), other language ({fa['language']}, {fa['http']} vs "
+                f"{fb['language']}, {fb['http']}): the server layer")
+    elif facet == "runtime":
+        if NO_MODEL in (fa["runtime"], fb["runtime"]):
+            model = fa["runtime"] if fb["runtime"] == NO_MODEL else fb["runtime"]
+            what = f"same stack, with and without a model ({model}): the model's cost"
+        else:
+            what = f"same server layer, other runtime ({fa['runtime']} vs {fb['runtime']}): the runtime"
+    elif facet == "http":
+        what = f"same language and runtime, other HTTP stack ({fa['http']} vs {fb['http']}): the framework"
+    elif facet == "interpreter":
+        what = f"same code, other interpreter ({fa['interpreter']} vs {fb['interpreter']}): the interpreter"
+    else:
+        what = f"same stack, {fa['variant']} vs {fb['variant']}: the variant"
+    return f"{na} vs {nb}: {what}"
+
+
+def _facets(s: ServerSpec | dict) -> dict:
+    return s.facets() if isinstance(s, ServerSpec) else {f: s.get(f) for f in FACETS}
+
+
+def _name(s: ServerSpec | dict) -> str:
+    return s.name if isinstance(s, ServerSpec) else s["name"]
+
+
+__all__ = ["FACETS", "NO_MODEL", "PER_REQUEST", "Prerequisite", "ServerSpec", "REGISTRY",
+           "SERVERS", "get", "with_name", "differing_facets", "isolated_facet", "pair_sentence",
+           "python_server", "rust_server", "ROOT"]
+
+
+# -- command line: `make list-servers`, `make serve SERVER=<name>` --------------------------------
+def _table() -> str:
+    header = ("name", "language", "http", "runtime", "interpreter", "variant", "role", "floor",
+              "port", "built")
+    rows = [header]
+    for spec in REGISTRY:
+        missing = spec.missing()
+        built = "yes" if not missing else "no: " + "; ".join(p.describe() for p in missing)
+        rows.append((spec.name, spec.language, spec.http, spec.runtime, spec.interpreter or "-",
+                     spec.variant, spec.role, spec.floor or "-", str(spec.default_port), built))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]
+                     for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
+    from rankbench import config
+
+    parser = argparse.ArgumentParser(prog="python -m rankbench.servers",
+                                     description="the server registry")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="print the registry as a table")
+    sub.add_parser("names", help="print the registered names, comma-separated")
+    serve = sub.add_parser("serve", help="run one server in the foreground on its port")
+    serve.add_argument("name")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--pool-size", type=int, default=8)
+    serve.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(_table())
+        return 0
+    if args.command == "names":
+        print(",".join(SERVERS))
+        return 0
+    spec = SERVERS.get(args.name)
+    if spec is None:
+        print(f"unknown server {args.name!r}; known servers: {', '.join(SERVERS)}", file=sys.stderr)
+        return 2
+    missing = spec.missing()
+    if missing:
+        print(f"{spec.name} needs {missing[0].describe()}", file=sys.stderr)
+        return 1
+    argv_ = spec.command(port=args.port, dsn=config.dsn(), workers=args.workers,
+                         pool_size=args.pool_size)
+    print(" ".join(argv_), file=sys.stderr, flush=True)
+    os.chdir(ROOT)
+    os.execv(argv_[0], argv_)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import histogram, wrk
+from bench import wrk
+from rankbench import histogram
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wrk_rank_sample.txt"
 CONNECTIONS = 8
@@ -123,7 +124,7 @@ def test_merge_and_percentile_against_numpy_on_raw_samples():
     import numpy as np
     rng = np.random.default_rng(7)
     a, b = rng.integers(100, 5000, 3001), rng.integers(50, 9000, 1999)
-    merged = histogram.merge(histogram.from_values(a.tolist()), histogram.from_values(b.tolist()))
+    merged = histogram.merge_pairs(histogram.from_values(a.tolist()), histogram.from_values(b.tolist()))
     both = np.sort(np.concatenate([a, b]))
     assert histogram.count(merged) == both.size
     for _, p in histogram.PERCENTILES:

@@ -72,7 +72,7 @@ def run_wrk(url: str, script: Path, connections: int, threads: int, seconds: int
 
 
 def soak_server(name: str, database: str, args) -> dict:
-    from bench import histogram
+    from rankbench import histogram
     from bench import wrk as bench_wrk
 
     from .servers import start
@@ -145,7 +145,7 @@ def soak_server(name: str, database: str, args) -> dict:
     # wrk counts non-2xx answers as errors.status too: count them once.
     failures = sum(s["non2xx"] + sum(v for k, v in s["errors"].items() if k != "status")
                    for s in segments)
-    merged = histogram.merge(*(c["histogram"] for c in measured)) if measured else []
+    merged = histogram.merge_pairs(*(c["histogram"] for c in measured)) if measured else []
     measured_s = sum(c["duration_s"] for c in measured)
     latency = histogram.summary(merged) if merged else {}
     latency.pop("min", None)
