@@ -1,44 +1,32 @@
-"""Helpers of the HTTP conformance suite: which servers, how to start them, the score oracle.
+"""Helpers of the HTTP conformance suite: which servers (with which --workers), and the score oracle.
 
-Servers come from the registry `rankbench.servers.SERVERS`, so any server of docs/contract.md (Python
-or Rust) runs the same suite. Selection:
-- RANKBENCH_SERVERS: comma list of registry names; default: every registered server whose `needs` exist.
-  A server named here explicitly whose prerequisites are missing FAILS instead of being skipped.
-- RANKBENCH_WORKERS: comma list of --workers values; default "1,2".
-
-Each (server, workers) pair is started once per session on a free port, waited for until
-GET /health answers 200, and stopped with SIGTERM (then SIGKILL) at the end of its tests.
+Servers are chosen and started by the one launcher, tests/servers.py (RANKBENCH_SERVERS selects;
+default: every registered server whose prerequisites exist). RANKBENCH_WORKERS: comma list of
+--workers values; default "1,2". Each (server, workers) pair is started once per session on a free
+port, waited for until GET /health answers 200, and stopped with SIGTERM (then SIGKILL).
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import tempfile
-import time
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conformance_http import Connection
 
-from rankbench.servers import SERVERS, ServerSpec
+_TESTS = Path(__file__).resolve().parent.parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
 
-STARTUP_TIMEOUT_S = 90.0     # torch import + warm-up on a busy 2-core machine
-STOP_TIMEOUT_S = 5.0
+import servers as launcher  # noqa: E402  (tests/servers.py)
+from servers import RunningServer  # noqa: E402,F401
+
+from rankbench.servers import SERVERS, ServerSpec  # noqa: E402
 
 
 def _selection() -> tuple[list[tuple[str, int]], bool]:
-    raw = os.environ.get("RANKBENCH_SERVERS", "").strip()
-    if raw:
-        names = [n.strip() for n in raw.split(",") if n.strip()]
-        explicit = True
-    else:
-        names = [name for name, spec in SERVERS.items()
-                 if all(Path(p).exists() for p in spec.needs)]
-        explicit = False
+    names, explicit = launcher.selection()
     raw_workers = os.environ.get("RANKBENCH_WORKERS", "1,2")
     try:
         workers = [int(w) for w in raw_workers.split(",") if w.strip()]
@@ -51,12 +39,6 @@ def _selection() -> tuple[list[tuple[str, int]], bool]:
 CASES, EXPLICIT = _selection()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class ServerCase:
     name: str
@@ -67,91 +49,15 @@ class ServerCase:
         return SERVERS[self.name]
 
 
-@dataclass
-class RunningServer:
-    spec: ServerSpec
-    workers: int
-    host: str
-    port: int
-    process: subprocess.Popen
-    stderr_path: Path
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def real_scores(self) -> bool:
-        return self.spec.real_scores
-
-    def connect(self, timeout: float = 15.0) -> Connection:
-        return Connection(self.host, self.port, timeout)
-
-    def stderr_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty stderr)"
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code (None if it was killed)."""
-        if self.process.poll() is not None:
-            return self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            return None
-
-
 def resolve_case(case: ServerCase) -> ServerSpec:
     """The spec, or a failure/skip explaining why this server cannot run here."""
-    spec = SERVERS.get(case.name)
-    if spec is None:
-        pytest.fail(f"RANKBENCH_SERVERS names {case.name!r}, which is not in rankbench.servers "
-                    f"(known: {', '.join(SERVERS)})")
-    missing = [str(p) for p in spec.needs if not Path(p).exists()]
-    if missing:
-        message = f"{case.name}: prerequisites missing: {', '.join(missing)}"
-        if EXPLICIT:
-            pytest.fail(message)
-        pytest.skip(message)
-    return spec
+    return launcher.resolve(case.name, EXPLICIT)
 
 
 def start_server(spec: ServerSpec, workers: int, dsn: str, model_dir: Path, *,
                  wait_for: str = "healthy", pool_size: int = 8) -> RunningServer:
-    """Start `spec` on a free port. wait_for="healthy": until GET /health is 200;
-    "answering": until /health answers at all (a server whose database is down)."""
-    port = free_port()
-    command = spec.command(host="127.0.0.1", port=port, dsn=dsn, workers=workers,
-                           pool_size=pool_size, model_dir=model_dir)
-    log = tempfile.NamedTemporaryFile(prefix=f"{spec.name}-", suffix=".stderr", delete=False)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                               start_new_session=True)
-    log.close()
-    server = RunningServer(spec, workers, "127.0.0.1", port, process, Path(log.name))
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{spec.name} --workers {workers} exited with {process.returncode} "
-                        f"during startup:\n{server.stderr_tail()}")
-        try:
-            with server.connect(timeout=5) as conn:
-                response = conn.request("GET", "/health")
-            if response.status == 200 or wait_for == "answering":
-                return server
-            last = f"{response.status} {response.body[:200]!r}"
-        except OSError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.2)
-    server.stop()
-    pytest.fail(f"{spec.name} --workers {workers}: /health not ready within {STARTUP_TIMEOUT_S:.0f} s "
-                f"(last: {last}); command: {' '.join(command)}\nstderr:\n{server.stderr_tail()}")
+    return launcher.start(spec, dsn, workers=workers, pool_size=pool_size, model_dir=model_dir,
+                          wait_for=wait_for)
 
 
 class Oracle:

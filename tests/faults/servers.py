@@ -1,49 +1,32 @@
-"""Which servers the fault suite runs, and starting them.
+"""Which servers the fault suite runs, and starting them: the one launcher, tests/servers.py.
 
-Starting a server is the conformance suite's code (tests/conformance/conformance_servers.py:
-`start_server`, `RunningServer`), imported here rather than copied; the lead is asked to move it
-to a shared tests/servers.py. What the fault suite adds: its own default selection (every registered
-server whose prerequisites exist, Rust included), extra command-line flags and a command without
---host (to test the default bind), and process-tree figures (RSS, open file descriptors).
-
+What the fault suite adds: extra command-line flags and a command without --host (to test the default
+bind), and process-tree figures (RSS, open file descriptors).
 Selection: RANKBENCH_SERVERS (comma list of rankbench.servers names). Default: every registered
 server whose prerequisites exist. A server named explicitly whose prerequisites are missing fails.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
 from pathlib import Path
 
 import psutil
 
-from rankbench.config import ARTIFACTS_DIR, ROOT
-from rankbench.servers import SERVERS, ServerSpec
+_TESTS = Path(__file__).resolve().parent.parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
 
-_CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
-if str(_CONFORMANCE) not in sys.path:
-    sys.path.insert(0, str(_CONFORMANCE))
+import servers as launcher  # noqa: E402  (tests/servers.py)
+from servers import RunningServer, free_port, selection  # noqa: E402
 
-from conformance_servers import RunningServer, free_port, start_server  # noqa: E402
+from rankbench.servers import SERVERS, ServerSpec  # noqa: E402
 
 __all__ = ["RunningServer", "free_port", "selection", "missing_prerequisites", "start", "tree",
            "tree_rss_mb", "tree_fds"]
 
 
 def missing_prerequisites(spec: ServerSpec) -> list[str]:
-    missing = [str(p) for p in spec.needs if not Path(p).exists()]
-    if spec.language == "python" and not (ROOT / "py_servers" / "__main__.py").exists():
-        missing.append(str(ROOT / "py_servers" / "__main__.py"))
-    return missing
-
-
-def selection() -> tuple[list[str], bool]:
-    """(server names, named explicitly?)"""
-    raw = os.environ.get("RANKBENCH_SERVERS", "").strip()
-    if raw:
-        return [n.strip() for n in raw.split(",") if n.strip()], True
-    return [name for name, spec in SERVERS.items() if not missing_prerequisites(spec)], False
+    return [p.describe() for p in spec.missing()]
 
 
 def start(name: str, dsn: str, *, workers: int = 1, pool_size: int = 8,
@@ -53,18 +36,8 @@ def start(name: str, dsn: str, *, workers: int = 1, pool_size: int = 8,
 
     `extra` is appended to the contract's flags; `without_host` leaves --host out so that the
     server's own default bind is used (the health check still goes to 127.0.0.1)."""
-    spec = SERVERS[name]
-    if extra or without_host:
-        base = spec.build_command
-
-        def build(common: list[str]) -> list[str]:
-            if without_host:
-                at = common.index("--host")
-                common = common[:at] + common[at + 2:]
-            return base(common) + list(extra)
-
-        spec = dataclasses.replace(spec, build_command=build)
-    return start_server(spec, workers, dsn, ARTIFACTS_DIR, wait_for=wait_for, pool_size=pool_size)
+    return launcher.start(SERVERS[name], dsn, workers=workers, pool_size=pool_size, extra=extra,
+                          without_host=without_host, wait_for=wait_for)
 
 
 # -- process figures --------------------------------------------------------------------------------
