@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rankbench.config import ARTIFACTS_DIR, CANDLE_DIR, ROOT
+from rankbench.config import ARTIFACTS_DIR, CEILING_BINARY, ROOT
 from rankbench.servers import ServerSpec
 
 from bench import wrk
@@ -17,29 +17,16 @@ class CheckError(RuntimeError):
 MODEL_FILES = ("manifest.json", "ranknet.safetensors")
 
 
-def make_target_for(path: Path) -> str:
-    path = Path(path).resolve()
-    if CANDLE_DIR.resolve() in path.parents:
-        return "make build"
-    if ARTIFACTS_DIR.resolve() in path.parents or path == ARTIFACTS_DIR.resolve():
-        return "make model"
-    return "make setup"
-
-
-def missing_needs(spec: ServerSpec) -> list[Path]:
-    return [Path(p) for p in spec.needs if not Path(p).exists()]
-
-
 def select_servers(requested: tuple[str, ...] | None, registry: dict[str, ServerSpec]
-                   ) -> tuple[list[str], dict[str, list[Path]]]:
-    """Servers to run, and for the default set the servers left out with what they lack.
-    An explicitly requested server that lacks a prerequisite is an error."""
+                   ) -> tuple[list[str], dict[str, list[str]]]:
+    """Servers to run, and for the default set the servers left out with what they lack (from
+    their registry prerequisites). An explicitly requested server that lacks one is an error."""
     if requested is None:
         chosen, skipped = [], {}
         for name, spec in registry.items():
-            missing = missing_needs(spec)
+            missing = spec.missing()
             if missing:
-                skipped[name] = missing
+                skipped[name] = [p.describe() for p in missing]
             else:
                 chosen.append(name)
         if not chosen:
@@ -50,11 +37,16 @@ def select_servers(requested: tuple[str, ...] | None, registry: dict[str, Server
     if unknown:
         raise CheckError(f"unknown server(s) {', '.join(unknown)}; registered: {', '.join(registry)}")
     for name in requested:
-        missing = missing_needs(registry[name])
+        missing = registry[name].missing()
         if missing:
-            raise CheckError(f"{name} needs {missing[0].relative_to(ROOT) if ROOT in missing[0].parents else missing[0]}"
-                             f", which is missing; run `{make_target_for(missing[0])}`")
+            raise CheckError(f"{name} needs {missing[0].describe()}, which is missing")
     return list(requested), {}
+
+
+def ceiling_binary() -> None:
+    if not CEILING_BINARY.exists():
+        raise CheckError(f"{CEILING_BINARY.relative_to(ROOT)} is missing (the database ceiling "
+                         f"client); run `make build`, or pass --no-ceiling")
 
 
 def tools(need_pgbench: bool, need_taskset: bool) -> None:

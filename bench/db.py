@@ -104,7 +104,7 @@ def statements_of(dsn: str, client_ports: list[int]) -> list[str]:
     """The last statement text of every backend serving the given client ports (pg_stat_activity):
     what a server actually sends, to compare with the ceiling's statements."""
     if not client_ports:
-        return []
+        raise DatabaseError("no database connection of the server was found")
 
     async def go():
         conn = await _connect(dsn)
@@ -118,5 +118,7 @@ def statements_of(dsn: str, client_ports: list[int]) -> list[str]:
             await conn.close()
     try:
         return _run(go())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-        return []
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        # Not measured is not "no statements": the caller records n/a with this reason.
+        raise DatabaseError(f"pg_stat_activity could not be read: {type(exc).__name__}: {exc}") \
+            from None

@@ -1,15 +1,19 @@
 """The order of runs and the time they should take.
 
 Repeats are interleaved: for every (items, concurrency) and repeat, each server runs once, then the
-next repeat starts (A B C A B C, not A A B B C C), so that slow drift of the machine (thermal state,
-other tenants, caches) spreads over all servers instead of landing on one. The database ceiling is
-one more participant of each round.
+next repeat starts (A B C, B C A, ... not A A B B C C), so that slow drift of the machine (thermal
+state, other tenants, caches) spreads over all servers instead of landing on one. The order rotates
+by one place every repeat (a Latin square when repeats = participants), so a position effect (the
+first run after a pause, the run after the heaviest server) does not always land on the same server;
+each run records its position and its repeat's order. The database ceilings are participants too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-CEILING = "db-ceiling"
+CEILING = "db-ceiling"                   # rankbench-ceiling: the servers' own database work
+PGBENCH_CEILING = "db-ceiling-pgbench"   # pgbench's text-result transaction: a second reference
+CEILINGS = (CEILING, PGBENCH_CEILING)
 
 # Seconds a server run costs beyond warm-up + duration: start until /health (Python servers import
 # torch/onnxruntime), /stats, SIGTERM and exit. Measured on the 2-core reference machine; the ETA
@@ -28,10 +32,12 @@ class Run:
     items: int
     concurrency: int
     repeat: int
+    position: int = 0            # place in this repeat's order
+    order: tuple[str, ...] = ()  # this repeat's participants in run order
 
     @property
     def is_ceiling(self) -> bool:
-        return self.server == CEILING
+        return self.server in CEILINGS
 
     @property
     def key(self) -> tuple:
@@ -39,15 +45,27 @@ class Run:
         return (self.server, self.scenario, self.items, self.concurrency, self.repeat)
 
 
+def rotated(participants: list[str], repeat: int) -> list[str]:
+    """Repeat r runs the participants rotated left by r places."""
+    if not participants:
+        return []
+    shift = repeat % len(participants)
+    return participants[shift:] + participants[:shift]
+
+
 def build_plan(servers: list[str], scenario: str, items: tuple[int, ...],
-               concurrency: tuple[int, ...], repeats: int, ceiling: bool) -> list[Run]:
-    participants = list(servers) + ([CEILING] if ceiling else [])
+               concurrency: tuple[int, ...], repeats: int, ceiling: bool,
+               pgbench_ceiling: bool = False) -> list[Run]:
+    participants = list(servers) + ([CEILING] if ceiling else []) + \
+        ([PGBENCH_CEILING] if pgbench_ceiling else [])
     runs: list[Run] = []
     for n_items in items:
         for conc in concurrency:
             for repeat in range(repeats):
-                for server in participants:
-                    runs.append(Run(len(runs), server, scenario, n_items, conc, repeat))
+                order = tuple(rotated(participants, repeat))
+                for position, server in enumerate(order):
+                    runs.append(Run(len(runs), server, scenario, n_items, conc, repeat,
+                                    position, order))
     return runs
 
 

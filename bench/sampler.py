@@ -24,8 +24,8 @@ GroupFn = Callable[[], dict[str, list[psutil.Process]]]
 
 @dataclass
 class _Track:
-    baseline: float
-    last: float
+    baseline: tuple[float, float]   # (user, system) CPU seconds at the start of the window
+    last: tuple[float, float]
 
 
 @dataclass
@@ -33,10 +33,13 @@ class GroupResult:
     cpu_s: float = 0.0
     rss_peak_mb: float = 0.0
     processes_seen: int = 0
+    user_s: float = 0.0
+    system_s: float = 0.0
 
     def as_record(self, requests: int) -> dict:
         return {"cpu_s": round(self.cpu_s, 4),
                 "cpu_us_per_req": round(self.cpu_s / requests * 1e6, 2) if requests else None,
+                "user_s": round(self.user_s, 4), "system_s": round(self.system_s, 4),
                 "rss_peak_mb": round(self.rss_peak_mb, 1), "processes": self.processes_seen}
 
 
@@ -93,13 +96,13 @@ class ResourceSampler:
                             created = proc.create_time()
                     except psutil.Error:
                         continue
-                    cpu = times.user + times.system
+                    cpu = (times.user, times.system)
                     key = (proc.pid, created)
                     track = tracks.get(key)
                     if track is None:
                         # Present at the start: count from here. Born later: count its whole life.
                         born_inside = not initial and created >= self._t0_wall
-                        tracks[key] = _Track(baseline=0.0 if born_inside else cpu, last=cpu)
+                        tracks[key] = _Track(baseline=(0.0, 0.0) if born_inside else cpu, last=cpu)
                     else:
                         track.last = cpu
                     rss_total += rss
@@ -118,8 +121,10 @@ class ResourceSampler:
                                machine_steal_cpu_s=steal,
                                machine_irq_cpu_s=_irq(cpu1) - _irq(self._cpu0))
         for name, tracks in self._tracks.items():
+            user = sum(max(0.0, t.last[0] - t.baseline[0]) for t in tracks.values())
+            system = sum(max(0.0, t.last[1] - t.baseline[1]) for t in tracks.values())
             result.groups[name] = GroupResult(
-                cpu_s=sum(max(0.0, t.last - t.baseline) for t in tracks.values()),
+                cpu_s=user + system, user_s=user, system_s=system,
                 rss_peak_mb=self._peaks.get(name, 0.0), processes_seen=len(tracks))
         return result
 

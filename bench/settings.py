@@ -63,12 +63,12 @@ class Settings:
     wrk_timeout_s: int = 10
     scenario: str = "rank"
     seed: int = 1
-    ceiling: bool = True
-    ceiling_clients: str = "pool"  # pgbench -c: min(concurrency, pool size), or "concurrency"
+    ceiling: bool = True           # the database ceiling (rankbench-ceiling)
+    pgbench: bool = True           # pgbench's reference beside it (text results)
+    ceiling_clients: str = "pool"  # ceiling clients: min(concurrency, pool size), or "concurrency"
     verify: bool = True
     verify_requests: int = 200
     verify_tolerance: float = 1e-5
-    startup_timeout_s: float = 120.0
     results_root: Path = field(default=ROOT / "results")
     report: bool = True
 
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Run the rankbench study: checks, verify step, interleaved wrk runs against every "
-                    "server of the registry, the pgbench database ceiling, results and report.",
+                    "server of the registry, the database ceilings, results and report.",
         epilog="Every option also reads an environment variable (flags win): " +
                ", ".join(f"{env}=" for env in ENV_VARS) + ". Lists take commas or spaces.")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
@@ -178,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", help="wrk_scripts/<scenario>.lua (default rank)")
     parser.add_argument("--seed", help="base seed of the request generators (default 1)")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
-                        help="skip the pgbench database ceiling")
+                        help="skip the database ceilings (rankbench-ceiling and pgbench)")
+    parser.add_argument("--no-pgbench", dest="pgbench", action="store_false",
+                        help="skip pgbench's reference beside the ceiling")
     parser.add_argument("--ceiling-clients", dest="ceiling_clients",
-                        help="pgbench clients: `pool` (default) = min(concurrency, pool size), the "
+                        help="ceiling clients: `pool` (default) = min(concurrency, pool size), the "
                              "database concurrency every server is limited to; `concurrency` = the "
                              "HTTP concurrency")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
@@ -214,7 +216,8 @@ def resolve(argv: list[str] | None = None, environ: dict[str, str] | None = None
             changes[key] = parse(FLAG_NAMES.get(key, "--" + key.replace("_", "-")), str(raw))
     if args.results_root is not None:
         changes["results_root"] = args.results_root.resolve()
-    changes.update(ceiling=args.ceiling, verify=args.verify, report=args.report)
+    changes.update(ceiling=args.ceiling, pgbench=args.pgbench, verify=args.verify,
+                   report=args.report)
     settings = replace(settings, **changes)
     if settings.wrk_threads > min(settings.concurrency):
         raise SettingsError(f"wrk threads ({settings.wrk_threads}) must not exceed the lowest "

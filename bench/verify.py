@@ -51,12 +51,18 @@ class ServerReport:
     max_abs_diff: float = 0.0
     near_tie_swaps: int = 0
     items_checked: int = 0
+    body_bytes: int = 0        # response bodies of the fixed requests: equal work on the wire
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean_body_bytes(self) -> float | None:
+        return round(self.body_bytes / self.requests, 2) if self.requests else None
 
     def as_json(self) -> dict:
         return {"server": self.server, "real_scores": self.real_scores, "requests": self.requests,
                 "items_checked": self.items_checked, "max_abs_diff": self.max_abs_diff,
-                "near_tie_swaps": self.near_tie_swaps, "ok": True}
+                "near_tie_swaps": self.near_tie_swaps, "mean_body_bytes": self.mean_body_bytes,
+                "ok": True}
 
 
 def make_requests(n: int, seed: int, user_min: int, user_max: int, item_min: int, item_max: int,
@@ -175,6 +181,7 @@ def verify_server(server: str, host: str, port: int, real_scores: bool, requests
             if difference:
                 raise VerifyError(server, index, request, difference)
             report.requests += 1
+            report.body_bytes += len(body)
     finally:
         conn.close()
     return report

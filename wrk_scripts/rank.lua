@@ -8,14 +8,17 @@
 --   user_min=1 user_max=200000   id range users are drawn from (uniform)
 --   item_min=1 item_max=100000   id range items are drawn from (uniform)
 --   seed=1          base random seed; thread k uses seed + 7919 * k, so runs are reproducible and
---                   every server receives the same request sequence
+--                   every server receives the same request sequence. The generator is Park-Miller's
+--                   minimal standard (x = x * 48271 mod 2^31-1, exact in Lua's doubles), not
+--                   math.random, so that the database ceiling client (rankbench-ceiling) draws the
+--                   very same ids: id = lo + x mod (hi - lo + 1), the items first, then the user
 --   pool=1000       requests pre-built per thread in init() and sent round-robin, so request()
 --                   costs a table lookup (wrk's own advice); pool=0 builds a fresh request each time
 --
 -- done() prints one JSON line (prefixed by nothing, starting with `{"tool":"wrk"`): the settings,
 -- requests, duration, bytes, errors by kind, wrk's CPU seconds after init() and when done() starts,
 -- latency summary and percentiles in microseconds, and the latency histogram [[value_us, count], ...]
--- (wrk applies its coordinated-omission correction to it before done(); see bench/histogram.py).
+-- (wrk applies its coordinated-omission correction to it before done(); see rankbench/histogram.py).
 -- `response` stays undefined: wrk then skips header/body parsing and counts status > 399 itself.
 
 local threads = {}
@@ -53,10 +56,24 @@ local function parse_args(args)
    return cfg
 end
 
+-- Park-Miller minimal standard generator; the state stays in 1..M-1.
+local M, A = 2147483647, 48271
+local state = 1
+
+local function seed_generator(seed)
+   state = seed % M
+   if state <= 0 then state = state + M - 1 end
+end
+
+local function randint(lo, hi)
+   state = (state * A) % M
+   return lo + state % (hi - lo + 1)
+end
+
 local function build_request(cfg)
    local seen, ids, n = {}, {}, 0
    while n < cfg.items do
-      local id = math.random(cfg.item_min, cfg.item_max)
+      local id = randint(cfg.item_min, cfg.item_max)
       if not seen[id] then
          seen[id] = true
          n = n + 1
@@ -64,14 +81,14 @@ local function build_request(cfg)
       end
    end
    local body = string.format('{"user_id":%d,"item_ids":[%s],"top_k":%d}',
-                              math.random(cfg.user_min, cfg.user_max), table.concat(ids, ","),
+                              randint(cfg.user_min, cfg.user_max), table.concat(ids, ","),
                               cfg.top_k)
    return wrk.format("POST", nil, nil, body)
 end
 
 function init(args)
    config = parse_args(args)  -- global: done() reads it back through thread:get
-   math.randomseed(config.seed + 7919 * (thread_id or 0))
+   seed_generator(config.seed + 7919 * (thread_id or 0))
    wrk.headers["Content-Type"] = "application/json"
    if config.pool > 0 then
       local pool = {}

@@ -27,9 +27,7 @@ import httptools
 import numpy as np
 import orjson
 
-USER_SQL = "SELECT features FROM users WHERE id = $1"
-ITEMS_SQL = "SELECT id, features FROM items WHERE id = ANY($1)"
-STAGES = ("parse", "db", "pre", "infer", "post", "total")
+from rankbench.contract import ITEMS_SQL, STAGES, USER_SQL
 
 
 def synthetic_score(user_id: int, item_id: int) -> float:
@@ -268,7 +266,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--pool-size", type=int, default=8)
     parser.add_argument("--model-dir", default="artifacts")
-    parser.add_argument("--name", default="fake")
+    parser.add_argument("--server-name", dest="name", default="fake")
     parser.add_argument("--data", choices=["synthetic", "db"], default="synthetic")
     parser.add_argument("--user-max", type=int, default=200_000)
     parser.add_argument("--item-max", type=int, default=100_000)

@@ -10,36 +10,36 @@ fake-stubborn  ignores SIGTERM and has a forked worker: the harness must escalat
 """
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 from rankbench.servers import SERVERS, ServerSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from servers import free_port  # noqa: E402  (tests/servers.py)
+
 FAKE = str(Path(__file__).with_name("bench_fake_server.py"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _fake(name: str, runtime: str, *flags: str, variant: str = "per-request") -> ServerSpec:
+    """A registry entry like any other: facets, port, command (the way a new server joins)."""
+    return ServerSpec(name, language="python", http="fake-http", runtime=runtime,
+                      interpreter="cpython", backend="fake", default_port=free_port(),
+                      variant=variant,
+                      build_command=lambda common: [sys.executable, FAKE, *common, *flags],
+                      startup_timeout_s=30.0, stop_timeout_s=10.0)
 
 
-def _fake(*flags: str):
-    return lambda common: [sys.executable, FAKE, *common, *flags]
-
-
-FAKES = {
-    "fake-db": ServerSpec("fake-db", "fake", _free_port(), True, "python", _fake("--data", "db")),
-    "fake-floor": ServerSpec("fake-floor", "fake", _free_port(), False, "python",
-                             _fake("--data", "synthetic")),
-    "fake-wrong": ServerSpec("fake-wrong", "fake", _free_port(), True, "python",
-                             _fake("--data", "db", "--wrong-score-from", "17")),
-    "fake-crash": ServerSpec("fake-crash", "fake", _free_port(), True, "python",
-                             _fake("--fail-at-start", "fake-crash: cannot load the model")),
-    "fake-stubborn": ServerSpec("fake-stubborn", "fake", _free_port(), False, "python",
-                                _fake("--data", "synthetic", "--ignore-sigterm", "--workers", "2")),
-}
+FAKES = {spec.name: spec for spec in (
+    _fake("fake-db", "fake-model", "--data", "db"),
+    _fake("fake-floor", "none", "--data", "synthetic"),
+    _fake("fake-wrong", "fake-model", "--data", "db", "--wrong-score-from", "17",
+          variant="wrong"),
+    _fake("fake-crash", "fake-model", "--fail-at-start", "fake-crash: cannot load the model",
+          variant="crash"),
+    _fake("fake-stubborn", "none", "--data", "synthetic", "--ignore-sigterm", "--workers", "2",
+          variant="stubborn"),
+)}
 
 
 def register() -> None:

@@ -35,41 +35,65 @@ def test_quick_run_writes_one_record_per_server_and_the_ceiling(dsn, model_dir, 
     run_dir = (tmp_path / "latest").resolve()
     assert run_dir.parent == tmp_path.resolve() and run_dir.name.endswith("Z")
     records = [json.loads(line) for line in (run_dir / "runs.jsonl").read_text().splitlines()]
-    assert [r["server"] for r in records] == ["fake-db", "fake-floor", "db-ceiling"]
-    for record in records:
-        assert record["schema"] == 1
+    assert [r["server"] for r in records] == ["fake-db", "fake-floor", "db-ceiling",
+                                              "db-ceiling-pgbench"]
+    for position, record in enumerate(records):
+        assert record["schema"] == 2
         assert (record["scenario"], record["candidates"], record["concurrency"], record["repeat"]) \
             == ("rank", 10, 32, 0)
+        assert record["position"] == position
+        assert record["order"] == ["fake-db", "fake-floor", "db-ceiling", "db-ceiling-pgbench"]
         assert (record["duration_s"], record["warmup_s"]) == (2.0, 1.0)
         client = record["client"]
         assert client["requests"] > 0 and client["rps"] > 0
         assert sum(client["errors"].values()) == 0 and client["non2xx"] == 0
+        assert client["ok"] == client["requests"] and record["valid"] is True
+        assert record["invalid_reasons"] == []
+        assert client["goodput_rps"] == pytest.approx(client["ok"] / client["duration_s"], rel=1e-3)
         assert client["histogram_count"] == client["requests"]
         assert client["latency_us"]["p50"] <= client["latency_us"]["p99"] <= client["latency_us"]["max"]
         assert record["resources"]["load"]["cpu_s"] > 0
+        assert record["resources"]["load"]["cores_used"] == pytest.approx(
+            record["resources"]["load"]["cpu_s"] / client["duration_s"], rel=1e-3)
         assert record["resources"]["db"]["cpu_s"] >= 0
         assert record["fairness"]["pool_size"] == 8
-    db_server, floor, ceiling = records
-    assert db_server["client"]["tool"] == "wrk" and ceiling["client"]["tool"] == "pgbench"
+    db_server, floor, ceiling, pgbench = records
+    assert db_server["client"]["tool"] == "wrk"
+    assert ceiling["client"]["tool"] == "rankbench-ceiling"
+    assert ceiling["client"]["result_format"] == "binary"
+    assert pgbench["client"]["tool"] == "pgbench" and pgbench["client"]["result_format"] == "text"
     assert db_server["resources"]["load"]["measured"] == "wrk os.clock() init..done"
     assert db_server["resources"]["load"]["cpu_s"] <= db_server["resources"]["load"]["process_cpu_s"]
     assert db_server["stages"]["total"]["count"] >= db_server["client"]["requests"]
-    assert db_server["resources"]["server"]["cpu_us_per_req"] > 0
+    server_cpu = db_server["resources"]["server"]
+    assert server_cpu["cpu_us_per_req"] > 0
+    assert server_cpu["user_s"] + server_cpu["system_s"] == pytest.approx(server_cpu["cpu_s"],
+                                                                           abs=2e-4)
+    assert server_cpu["cores_used"] == pytest.approx(
+        server_cpu["cpu_s"] / db_server["client"]["duration_s"], rel=1e-3)
+    assert db_server["client"]["bytes_per_response"] > 0
     assert db_server["resources"]["db"]["cpu_s"] > 0  # its backends were found and measured
     assert db_server["db_statements"] and set(db_server["db_statements"]) <= set(
         ceiling["client"]["statements"])
-    assert db_server["server_info"]["health"] == {"status": "ok", "server": "fake"}
-    assert ceiling["stages"] == {} and ceiling["resources"]["server"] is None
-    assert ceiling["client"]["clients"] == 8  # min(concurrency 32, pool 8)
-    assert ceiling["client"]["statements"] == [
-        "SELECT features FROM users WHERE id = $1",
-        "SELECT id, features FROM items WHERE id = ANY($1)"]
+    assert db_server["server_info"]["health"] == {"status": "ok", "server": "fake-db"}
+    for c in (ceiling, pgbench):
+        assert c["stages"] == {} and c["resources"]["server"] is None
+        assert c["client"]["clients"] == 8  # min(concurrency 32, pool 8)
+        assert c["client"]["statements"] == [
+            "SELECT features FROM users WHERE id = $1",
+            "SELECT id, features FROM items WHERE id = ANY($1)"]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["complete"] is True and env["settings"]["profile"] == "quick"
     assert env["postgresql"] and env["tools"]["wrk"].startswith("wrk")
     assert set(env["pinning"]) == {"enabled", "server_cpus", "postgres_and_load_cpus"}
     assert json.loads((run_dir / "verify.json").read_text())["ok"] is True
-    assert "[3/3] db-ceiling" in result.stdout and "ETA" in result.stdout
+    assert env["servers"]["fake-db"]["runtime"] == "fake-model"
+    assert env["servers"]["fake-floor"]["role"] == "floor"
+    assert env["calibration"]["python_ns_per_iter"] > 0
+    assert env["calibration"]["native_ns_per_iter"] > 0
+    verify = json.loads((run_dir / "verify.json").read_text())
+    assert all(s["mean_body_bytes"] > 0 for s in verify["servers"])
+    assert "[4/4] db-ceiling-pgbench" in result.stdout and "ETA" in result.stdout
 
 
 def test_a_server_that_fails_to_start_is_named_with_its_stderr(dsn, model_dir, tmp_path):

@@ -7,18 +7,30 @@ from bench import plan
 from bench.settings import PROFILES, SettingsError, resolve
 
 
-def test_repeats_are_interleaved_and_the_ceiling_joins_every_round():
+def test_repeats_are_interleaved_rotated_and_the_ceiling_joins_every_round():
     runs = plan.build_plan(["A", "B", "C"], "rank", (10, 100), (32,), 2, ceiling=True)
     order = [(r.items, r.repeat, r.server) for r in runs]
     ceiling = plan.CEILING
     assert order == [
         (10, 0, "A"), (10, 0, "B"), (10, 0, "C"), (10, 0, ceiling),
-        (10, 1, "A"), (10, 1, "B"), (10, 1, "C"), (10, 1, ceiling),
+        (10, 1, "B"), (10, 1, "C"), (10, 1, ceiling), (10, 1, "A"),
         (100, 0, "A"), (100, 0, "B"), (100, 0, "C"), (100, 0, ceiling),
-        (100, 1, "A"), (100, 1, "B"), (100, 1, "C"), (100, 1, ceiling),
+        (100, 1, "B"), (100, 1, "C"), (100, 1, ceiling), (100, 1, "A"),
     ]
     assert [r.index for r in runs] == list(range(len(runs)))
     assert len({r.key for r in runs}) == len(runs)  # records are found by key, never by position
+    assert [r.position for r in runs[:8]] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert runs[4].order == ("B", "C", ceiling, "A")
+
+
+def test_rotation_is_a_latin_square_when_repeats_equal_participants():
+    """Every server takes every position exactly once: a position effect cannot land on one server."""
+    servers = ["A", "B", "C"]
+    runs = plan.build_plan(servers, "rank", (10,), (32,), 4, ceiling=True, pgbench_ceiling=False)
+    positions: dict[str, set[int]] = {}
+    for r in runs:
+        positions.setdefault(r.server, set()).add(r.position)
+    assert all(p == {0, 1, 2, 3} for p in positions.values())
 
 
 def test_sweep_covers_every_combination_once_per_server():
@@ -38,12 +50,15 @@ def test_estimates_add_up_and_scale_with_the_settings():
 
 
 def test_default_profile_fits_the_time_budget():
-    """`make bench` must stay near 15 minutes with the five registered servers."""
+    """`make bench` must stay near 15 minutes with every registered server and both ceilings."""
+    from rankbench.servers import SERVERS
+
     p = PROFILES["default"]
-    servers = {"py-torch": "python", "py-onnx": "python", "py-none": "python", "candle": "rust",
-               "candle-no-model": "rust"}
-    runs = plan.build_plan(list(servers), "rank", p.items, p.concurrency, p.repeats, ceiling=True)
-    total = plan.estimate_total_s(runs, p.warmup_s, p.duration_s, servers, verify_servers=5)
+    servers = {name: spec.language for name, spec in SERVERS.items()}
+    runs = plan.build_plan(list(servers), "rank", p.items, p.concurrency, p.repeats, ceiling=True,
+                           pgbench_ceiling=True)
+    total = plan.estimate_total_s(runs, p.warmup_s, p.duration_s, servers,
+                                  verify_servers=len(servers))
     assert total < 15 * 60
 
 
@@ -88,8 +103,10 @@ def test_bad_settings_name_the_variable(env, message):
 
 
 def _spec(name, needs=()):
-    from rankbench.servers import ServerSpec
-    return ServerSpec(name, "x", 1, True, "python", lambda common: ["true"], tuple(needs))
+    from rankbench.servers import Prerequisite, ServerSpec
+    return ServerSpec(name, language="python", http="x", runtime="x", interpreter="x", backend="x",
+                      default_port=1, build_command=lambda common: ["true"],
+                      prerequisites=tuple(Prerequisite("file", str(p), "make build") for p in needs))
 
 
 def test_default_server_set_skips_servers_whose_prerequisites_are_missing(tmp_path):
@@ -99,14 +116,16 @@ def test_default_server_set_skips_servers_whose_prerequisites_are_missing(tmp_pa
     registry = {"a": _spec("a"), "b": _spec("b", [tmp_path / "missing"]), "c": _spec("c", [present])}
     chosen, skipped = checks.select_servers(None, registry)
     assert chosen == ["a", "c"] and list(skipped) == ["b"]
-    with pytest.raises(checks.CheckError, match="b needs .*missing, which is missing; run `make setup`"):
+    assert skipped["b"] == [f"{tmp_path / 'missing'} (file; run `make build`)"]
+    with pytest.raises(checks.CheckError, match="b needs .*missing \\(file; run `make build`\\), "
+                                                "which is missing"):
         checks.select_servers(("a", "b"), registry)
     with pytest.raises(checks.CheckError, match=r"unknown server\(s\) z; registered: a, b, c"):
         checks.select_servers(("z",), registry)
 
 
-def test_missing_files_name_the_make_target():
-    from bench import checks
-    from rankbench.config import ARTIFACTS_DIR, CANDLE_BINARY
-    assert checks.make_target_for(CANDLE_BINARY) == "make build"
-    assert checks.make_target_for(ARTIFACTS_DIR / "ranknet.onnx") == "make model"
+def test_a_missing_module_prerequisite_names_the_make_target():
+    from rankbench.servers import Prerequisite
+    missing = Prerequisite("module", "no_such_module_rankbench", "make build")
+    assert missing.missing() and missing.describe() == "no_such_module_rankbench (module; run `make build`)"
+    assert not Prerequisite("module", "json", "make build").missing()

@@ -86,9 +86,24 @@ def test_postgres_backends_are_attributed_by_client_port(dsn):
     assert postmaster in {p.pid for p in theirs["db"]}  # the postmaster is always the cluster's
 
 
-def test_ceiling_script_sends_exactly_the_contract_statements():
+def _server_sql() -> dict[str, set[str]]:
+    """The SELECT statements written in each server's source (not the harness's own constants)."""
+    from rankbench.config import ROOT
+
+    found = {}
+    for stack, path in (("python", ROOT / "py_servers" / "db.py"),
+                        ("rust", ROOT / "candle_server" / "src" / "server" / "db.rs")):
+        text = path.read_text()
+        found[stack] = {pgbench.normalise_sql(q) for q in re.findall(r'"(SELECT [^"]*)"', text)
+                        if q != "SELECT 1"}
+    return found
+
+
+def test_ceiling_script_sends_exactly_the_servers_statements():
     script = pgbench.script_text(64)
-    assert pgbench.statements_as_prepared(script) == {pgbench.USER_SQL, pgbench.ITEMS_SQL}
+    servers = _server_sql()
+    assert servers["python"] == servers["rust"] and len(servers["rust"]) == 2
+    assert pgbench.statements_as_prepared(script) == servers["rust"]
     # Every array is reachable exactly once from the \if tree.
     used = re.findall(r"ANY\(:items_(\d+)\)", script)
     assert sorted(map(int, used)) == list(range(64))
