@@ -34,10 +34,15 @@ model: setup
 # clone take the same path a user takes.
 test: seed model build
 	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m bench.fixture
 	@$(CARGO) test --quiet --manifest-path candle_server/Cargo.toml
 
-.PHONY: test-rust
-test-rust: seed model
+# The Rust tests compare the server's answers with the plain-numpy reference's (artifacts/rank_fixture.json).
+.PHONY: test-rust rank-fixture
+rank-fixture: seed model
+	@$(PY) -m bench.fixture
+
+test-rust: rank-fixture
 	@$(CARGO) test --quiet --manifest-path candle_server/Cargo.toml
 
 # Reports from a results folder (default: the newest run).

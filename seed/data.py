@@ -21,7 +21,12 @@ from rankbench.config import (ITEM_FEATURES, ITEMS_PER_SCALE, USER_FEATURES, USE
 
 DATA_SEED = 20261129
 SCHEMA_SQL = (Path(__file__).parent / "schema.sql").read_text()
-DATA_VERSION = "1"  # bump when the generator changes what it writes
+DATA_VERSION = "2"  # bump when the generator changes what it writes (2: twin items)
+
+# Twin items: the second id of each pair gets the first's features, so every model scores the two
+# exactly alike and the contract's tie rule (score desc, id asc) is exercised with real scores, not
+# only on the floors (exact ties never happen otherwise). Ids exist at every SCALE.
+TWIN_ITEMS = ((100, 101), (5_000, 5_001), (42_000, 42_007), (99_990, 99_991))
 
 
 def features(kind: str, count: int, width: int) -> np.ndarray:
@@ -32,7 +37,12 @@ def features(kind: str, count: int, width: int) -> np.ndarray:
     """
     stream = {"users": 1, "items": 2}[kind]
     rng = np.random.Generator(np.random.PCG64([DATA_SEED, stream]))
-    return rng.standard_normal((count, width), dtype=np.float32)
+    rows = rng.standard_normal((count, width), dtype=np.float32)
+    if kind == "items":
+        for original, twin in TWIN_ITEMS:
+            if twin <= count:
+                rows[twin - 1] = rows[original - 1]
+    return rows
 
 
 def expected_meta(scale_factor: int) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,14 @@ import pytest
 from rankbench.config import ARTIFACTS_DIR, ROOT
 from rankbench.servers import SERVERS, ServerSpec
 
+from bench.serverproc import free_port
+
 HOST = "127.0.0.1"
 
 # The suites' raw HTTP client lives beside the conformance suite.
 _CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 if str(_CONFORMANCE) not in sys.path:
     sys.path.insert(0, str(_CONFORMANCE))
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the kernel's choice)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def selection(registry: dict[str, ServerSpec] | None = None) -> tuple[list[str], bool]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 
 import psutil
@@ -12,12 +11,7 @@ import pytest
 
 from rankbench import pg
 from rankbench.config import BENCH_DIR, PG_DATABASE, PG_USER
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.serverproc import free_port
 
 
 def postgres_processes(data_dir) -> list[psutil.Process]:

@@ -3,20 +3,14 @@ a conftest.py, and `from conftest import ...` would depend on which one was impo
 from __future__ import annotations
 
 import http.client
-import socket
 import subprocess
 import time
 from pathlib import Path
+from bench.serverproc import free_port
 
 HERE = Path(__file__).parent
 FAKE_SERVER = HERE / "bench_fake_server.py"
 RUN_WITH_FAKES = HERE / "run_with_fakes.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from rankbench.servers import SERVERS, ServerSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from servers import free_port  # noqa: E402  (tests/servers.py)
+from bench.serverproc import free_port
 
 FAKE = str(Path(__file__).with_name("bench_fake_server.py"))
 

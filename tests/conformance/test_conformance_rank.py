@@ -116,6 +116,26 @@ def test_ties_are_broken_by_id_ascending(server, oracle):
         assert [item["id"] for item in items] == sorted(item_ids)[:6]
 
 
+@pytest.mark.parametrize("user_id", [321, 77_777])
+def test_twin_items_tie_exactly_and_rank_by_id_ascending(server, oracle, user_id):
+    """The seed's twin items have identical features, so every runtime must give both the very same
+    score and list the smaller id first: the tie rule, exercised with real scores."""
+    from seed.data import TWIN_ITEMS
+
+    # Each twin pair with a few other items between them in the request, the larger id first.
+    item_ids = [i for original, twin in TWIN_ITEMS for i in (twin, twin + 3, original)]
+    with server.connect() as conn:
+        items = _check_shape(conn.rank(user_id, item_ids, 1000), user_id)
+    position = {item["id"]: k for k, item in enumerate(items)}
+    score = {item["id"]: item["score"] for item in items}
+    for original, twin in TWIN_ITEMS:
+        assert score[original] == score[twin], (original, twin, score[original], score[twin])
+        assert position[twin] == position[original] + 1, \
+            f"twins {original} and {twin} must be adjacent, the smaller id first: {items}"
+    if server.real_scores:
+        assert_ranked_like_reference(items, oracle.scores(user_id, item_ids), 1000)
+
+
 def test_many_concurrent_connections_get_their_own_answers(server, oracle):
     """No cross-talk between requests in flight on different connections."""
     import concurrent.futures

@@ -10,20 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 from rankbench import pg
 from rankbench.config import BENCH_DIR
+from bench.serverproc import free_port
 
 PREFIX = "faults-"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cluster_in(root: Path, port: int) -> pg.Cluster:
