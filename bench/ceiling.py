@@ -15,7 +15,6 @@ plans, like a server's pool), with the cluster's processes sampled during the me
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ import psutil
 
 from rankbench import config, contract, histogram
 
-from bench import pgbench, plan, records
+from bench import pgbench, plan, records, wrk
 from bench.procs import Supervisor, Usage
 from bench.sampler import ResourceSampler
 from bench.serverproc import BenchError
@@ -54,19 +53,11 @@ def ceiling_command(dsn: str, *, connections: int, clients: int, warmup_s: int, 
 
 def parse_ceiling_output(text: str) -> dict:
     """The one JSON line rankbench-ceiling prints at the end."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith('{"tool":"rankbench-ceiling"'):
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CeilingError(f"rankbench-ceiling's JSON line is not valid JSON: {exc}") from None
-            missing = [k for k in ("transactions", "duration_us", "histogram", "errors")
-                       if k not in data]
-            if missing:
-                raise CeilingError(f"rankbench-ceiling's JSON line lacks {', '.join(missing)}")
-            return data
-    raise CeilingError("rankbench-ceiling printed no JSON line")
+    try:
+        return wrk.last_json_line(text, "rankbench-ceiling",
+                                  ("transactions", "duration_us", "histogram", "errors"))
+    except ValueError as exc:
+        raise CeilingError(str(exc)) from None
 
 
 def ceiling_client_record(data: dict) -> dict:

@@ -38,21 +38,31 @@ def version() -> str:
     return first[0] if first else "unknown"
 
 
-def parse_output(text: str) -> dict:
-    """The last line of wrk's stdout that is a JSON object printed by a scenario's done()."""
+def last_json_line(text: str, tool: str, required: tuple[str, ...]) -> dict:
+    """The last line of a load tool's output that is its JSON object `{"tool":"<tool>", ...}`;
+    ValueError (saying what is wrong) when there is none or it lacks a required key."""
     for line in reversed(text.splitlines()):
         line = line.strip()
-        if line.startswith('{"tool":"wrk"'):
+        if line.startswith(f'{{"tool":"{tool}"'):
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise WrkOutputError(f"wrk's JSON line is not valid JSON: {exc}") from None
-            missing = [k for k in ("requests", "duration_us", "errors", "histogram") if k not in data]
+                raise ValueError(f"{tool}'s JSON line is not valid JSON: {exc}") from None
+            missing = [k for k in required if k not in data]
             if missing:
-                raise WrkOutputError(f"wrk's JSON line lacks {', '.join(missing)}")
+                raise ValueError(f"{tool}'s JSON line lacks {', '.join(missing)}")
             return data
-    raise WrkOutputError("wrk printed no JSON line (is the scenario's done() missing, or did wrk "
-                         "fail before the run?)")
+    raise ValueError(f"{tool} printed no JSON line")
+
+
+def parse_output(text: str) -> dict:
+    """The JSON line printed by a scenario's done()."""
+    try:
+        return last_json_line(text, "wrk", ("requests", "duration_us", "errors", "histogram"))
+    except ValueError as exc:
+        hint = (" (is the scenario's done() missing, or did wrk fail before the run?)"
+                if "printed no" in str(exc) else "")
+        raise WrkOutputError(f"{exc}{hint}") from None
 
 
 def client_record(data: dict, connections: int) -> dict:

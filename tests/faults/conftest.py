@@ -81,18 +81,7 @@ def fault_db(model_dir):
 @pytest.fixture(scope="session")
 def checked_server_name(server_name: str) -> str:
     """The server name, after making sure it can run here (fail if named explicitly)."""
-    from rankbench.servers import SERVERS
-
-    spec = SERVERS.get(server_name)
-    if spec is None:
-        pytest.fail(f"RANKBENCH_SERVERS names {server_name!r}, which is not in rankbench.servers "
-                    f"(known: {', '.join(SERVERS)})")
-    missing = servers.missing_prerequisites(spec)
-    if missing:
-        message = f"{server_name}: prerequisites missing: {', '.join(missing)}"
-        if EXPLICIT:
-            pytest.fail(message)
-        pytest.skip(message)
+    servers.launcher.resolve(server_name, EXPLICIT)
     return server_name
 
 
