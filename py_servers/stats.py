@@ -156,7 +156,8 @@ class SharedStats:
 
 
 def summarize(row) -> dict:
-    """count/sum/mean/p50/p90/p99/max in microseconds from one stage row (count, sum, max, buckets)."""
+    """count/sum/mean/p50/p90/p99/max in microseconds from one stage row (count, sum, max, buckets),
+    and the histogram they come from as [[value_us, count], ...]."""
     import numpy as np
 
     count, total_ns, max_ns = int(row[0]), int(row[1]), int(row[2])
@@ -174,7 +175,23 @@ def summarize(row) -> dict:
         index = int(np.searchsorted(cumulative, rank))
         out[label] = round(min(bucket_value(index), max_ns) / 1000, 3)
     out["max_us"] = round(max_ns / 1000, 3)
+    out["histogram"] = histogram_pairs(buckets, max_ns)
     return out
+
+
+def histogram_pairs(buckets, max_ns: int) -> list[list[int]]:
+    """Non-empty buckets as [[value_us, count], ...], value ascending: each bucket at its midpoint
+    clamped to the max (the value the percentiles use), rounded to whole microseconds; buckets that
+    round to the same microsecond are one pair. The harness merges these across runs."""
+    import numpy as np
+
+    filled = np.flatnonzero(buckets)
+    if filled.size == 0:
+        return []
+    values_us = np.rint(np.minimum(BUCKET_RATIO ** (filled + 0.5), max_ns) / 1000).astype(np.int64)
+    distinct, first = np.unique(values_us, return_index=True)
+    counts = np.add.reduceat(buckets[filled], first)
+    return [[value, count] for value, count in zip(distinct.tolist(), counts.tolist())]
 
 
 class StatsRecorder:

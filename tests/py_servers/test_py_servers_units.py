@@ -537,3 +537,52 @@ def test_candle_without_runtime_threads_says_so(monkeypatch):
     assert backend.runtime_threads() == {"compute_threads": 1}
     extension.runtime_threads = lambda: 1
     assert "expected a dict" in backend.runtime_threads()["error"]
+
+
+# -- stage histograms in /stats ---------------------------------------------------------------------
+def _stage(ns):
+    return (ns,) * len(STAGES)
+
+
+def test_stage_histogram_is_merged_over_workers_in_whole_microseconds():
+    stats = SharedStats(2)
+    first, second = stats.recorder(0), stats.recorder(1)
+    for ns in (10_000, 10_100):
+        first.record_request(False, _stage(ns))
+    for _ in range(3):
+        second.record_request(False, _stage(50_000))
+    second.record_request(True)                      # an error: counted, no stages
+    stages = stats.snapshot()["stages"]
+    assert stages["db"]["histogram"] == [[10, 2], [50, 3]]
+    assert stages["total"]["histogram"] == [[10, 2], [50, 3]]
+    assert stats.snapshot()["stages"]["db"]["count"] == 5
+    stats.reset()
+    assert stats.snapshot()["stages"]["db"]["histogram"] == []
+    first.record_request(False, (7_000, 7_000, None, 7_000, 7_000, 7_000))
+    stages = stats.snapshot()["stages"]
+    assert stages["db"]["histogram"] == [[7, 1]] and stages["pre"]["histogram"] == []
+
+
+def test_stage_histogram_agrees_with_the_recorded_values():
+    values = np.random.default_rng(5).lognormal(10, 1.0, 20_000).astype(np.int64) + 1
+    stats = SharedStats(1)
+    recorder = stats.recorder(0)
+    for v in values.tolist():
+        recorder.record_request(False, _stage(v))
+    db = stats.snapshot()["stages"]["db"]
+    pairs = db["histogram"]
+    assert [v for v, _ in pairs] == sorted({v for v, _ in pairs})      # distinct, ascending
+    assert all(type(v) is int and type(c) is int and c > 0 for v, c in pairs)
+    assert sum(c for _, c in pairs) == len(values) == db["count"]
+    assert pairs[-1][0] == pytest.approx(values.max() / 1000, rel=0.01)
+
+    def nearest_rank(q):
+        wanted, seen = int(np.ceil(q * len(values))), 0
+        for value, count in pairs:
+            seen += count
+            if seen >= wanted:
+                return value
+
+    for key, q in (("p50_us", 0.50), ("p90_us", 0.90), ("p99_us", 0.99)):
+        exact_us = np.percentile(values, q * 100, method="inverted_cdf") / 1000
+        assert abs(nearest_rank(q) - exact_us) <= 0.01 * exact_us + 0.5, key
