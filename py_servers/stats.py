@@ -181,14 +181,16 @@ def summarize(row) -> dict:
 
 def histogram_pairs(buckets, max_ns: int) -> list[list[int]]:
     """Non-empty buckets as [[value_us, count], ...], value ascending: each bucket at its midpoint
-    clamped to the max (the value the percentiles use), rounded to whole microseconds; buckets that
-    round to the same microsecond are one pair. The harness merges these across runs."""
+    clamped to the max (the value the percentiles use), rounded to the nearest microsecond (halves
+    up, as candle_server does); buckets that round to the same microsecond are one pair. The harness
+    merges these across runs."""
     import numpy as np
 
     filled = np.flatnonzero(buckets)
     if filled.size == 0:
         return []
-    values_us = np.rint(np.minimum(BUCKET_RATIO ** (filled + 0.5), max_ns) / 1000).astype(np.int64)
+    middle_ns = np.minimum(BUCKET_RATIO ** (filled + 0.5), max_ns)
+    values_us = np.floor(middle_ns / 1000 + 0.5).astype(np.int64)
     distinct, first = np.unique(values_us, return_index=True)
     counts = np.add.reduceat(buckets[filled], first)
     return [[value, count] for value, count in zip(distinct.tolist(), counts.tolist())]

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,6 +69,40 @@ def test_top_k_body_orders_by_score_then_id_and_truncates():
     assert body["user_id"] == 42
     assert [item["id"] for item in body["items"]] == [3, 4, 7, 9]
     assert body["items"][0]["score"] == pytest.approx(0.9)
+
+
+def _score_texts(body: bytes) -> list[str]:
+    return [m.decode() for m in re.findall(rb'"score":([^,}]+)[,}]', body)]
+
+
+def test_scores_are_written_in_their_shortest_float32_form():
+    body = top_k_body(1, [1, 2, 3], np.array([0.1, 0.0, 1 / 3], dtype=np.float32), 3)
+    assert body == b'{"user_id":1,"items":[{"id":3,"score":0.33333334},{"id":1,"score":0.1},' \
+                   b'{"id":2,"score":0.0}]}'
+    # Many values: each text is numpy's shortest unique form of that float32 and reads back to it.
+    scores = np.random.default_rng(9).uniform(0.001, 0.999, 1000).astype(np.float32)
+    ids = list(range(1000))
+    texts = _score_texts(top_k_body(1, ids, scores, 1000))
+    expected = sorted(scores.tolist(), reverse=True)
+    assert len(texts) == 1000
+    for text, value in zip(texts, expected):
+        assert text == np.format_float_positional(np.float32(value), unique=True)
+        assert np.float32(text) == np.float32(value)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "onnx", "candle", "none"])
+def test_every_backend_output_is_written_in_float32_form(backend_name, model_dir):
+    from py_servers.backends import load_backend
+
+    if backend_name == "candle":
+        pytest.importorskip("rankbench_candle", reason="the extension is built by `make build`")
+    backend = load_backend(backend_name, model_dir)
+    x = np.random.default_rng(4).standard_normal((50, 40), dtype=np.float32)
+    scores = backend.infer(x)
+    texts = _score_texts(top_k_body(1, list(range(50)), scores, 50))
+    assert sorted(map(np.float32, texts), reverse=True) == sorted(scores.tolist(), reverse=True)
+    assert all(text == np.format_float_positional(np.float32(text), unique=True) or
+               text == "0.0" for text in texts)
 
 
 # -- stage histograms -----------------------------------------------------------------------------
@@ -586,3 +621,10 @@ def test_stage_histogram_agrees_with_the_recorded_values():
     for key, q in (("p50_us", 0.50), ("p90_us", 0.90), ("p99_us", 0.99)):
         exact_us = np.percentile(values, q * 100, method="inverted_cdf") / 1000
         assert abs(nearest_rank(q) - exact_us) <= 0.01 * exact_us + 0.5, key
+
+
+def test_stage_histogram_rounds_half_microseconds_up():
+    # One value: its bucket's midpoint is clamped to the exact max, 2.5 us -> 3 (as candle_server).
+    stats = SharedStats(1)
+    stats.recorder(0).record_request(False, _stage(2_500))
+    assert stats.snapshot()["stages"]["parse"]["histogram"] == [[3, 1]]
