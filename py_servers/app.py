@@ -90,11 +90,14 @@ def features_to_input(user: list[float], rows) -> tuple[np.ndarray, list[int]]:
 
 
 def top_k_body(user_id: int, ids: list[int], scores: np.ndarray, top_k: int) -> bytes:
-    """Items by score descending, ties by id ascending, at most top_k, as JSON bytes."""
+    """Items by score descending, ties by id ascending, at most top_k, as JSON bytes.
+
+    Scores stay numpy float32 scalars: orjson writes those in the shortest form that reads back as
+    the same float32 (0.1, where a Python float of the same value would need 17 digits,
+    0.10000000149011612), which is what the Rust server writes, so both send the same bytes."""
     order = np.lexsort((np.asarray(ids, dtype=np.int64), -scores))[:top_k].tolist()
-    values = scores.tolist()
-    items = [{"id": ids[i], "score": values[i]} for i in order]
-    return orjson.dumps({"user_id": user_id, "items": items})
+    items = [{"id": ids[i], "score": scores[i]} for i in order]
+    return orjson.dumps({"user_id": user_id, "items": items}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_body(message: str) -> bytes:
