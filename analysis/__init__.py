@@ -1,8 +1,11 @@
 """Turn a rankbench results folder into a report a person reads in two minutes.
 
-Three separate parts, after pyperf: `load` reads and validates `env.json` + `runs.jsonl` (and refuses
-a schema it does not know), `aggregate` turns runs into per-server figures (medians over repeats with
-their spread, percentiles from merged histograms), `format` and `figures` write Markdown and PNGs.
+Separate parts, after pyperf: `load` reads and validates `env.json` + `runs.jsonl` + `verify.json`
+(and refuses a schema it does not know); `aggregate.summarize` turns runs into what the report says,
+through `summaries` (per-server figures over valid repeats, with their spread, percentiles from
+merged histograms), `comparisons` (pairs of servers that isolate one facet, two-step decompositions,
+`compare`) and `findings`, on the primitives of `stats`; `format` and `figures` write Markdown and
+PNGs.
 
     python -m analysis report RESULTS_DIR      # writes RESULTS_DIR/report.md and figures
     python -m analysis compare A B             # ratios B/A per server and metric, with the spread
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SUPPORTED_SCHEMAS = (1,)
+from rankbench.contract import SUPPORTED_SCHEMAS
 
 
 def write_report(results_dir: str | Path, *, all_configs: bool = False) -> Path:

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             path = write_report(args.results_dir, all_configs=args.all_configs)
             print(f"report: {path}")
         else:
-            from analysis.aggregate import compare as compare_summaries, summarize
+            from analysis.aggregate import summarize
+            from analysis.comparisons import compare as compare_summaries
             from analysis.format import render_compare
             from analysis.load import load_results
             a = summarize(load_results(args.a))

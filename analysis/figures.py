@@ -10,13 +10,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.aggregate import ServerSummary, Summary
-from analysis.load import RESOURCE_SIDES, Config
+from rankbench.contract import COMPUTE_STAGES
+
+from analysis.load import CEILING, PGBENCH, RESOURCE_SIDES, Config
+from analysis.summaries import REFERENCE_LABELS, ServerSummary, Summary
 
 DPI = 100
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f"]
-COMPUTE_STAGES = ("parse", "pre", "infer", "post")
 STAGE_COLOURS = {"parse": "#4e79a7", "pre": "#f28e2b", "infer": "#e15759", "post": "#76b7b2",
                  "compute": "#9c755f", "db": "#59a14f", "rest": "#b07aa1", "outside": "#bab0ac"}
 SIDE_COLOURS = {"server": "#4e79a7", "db": "#59a14f", "load": "#bab0ac"}
@@ -52,8 +53,7 @@ def write_all(summary: Summary, configs: list[Config], folder: Path) -> dict[str
         if any(c.has_stages for c in cells):
             written[f"stages:{config.slug}"] = _save(stage_figure(config, cells),
                                                      folder / f"stages_{config.slug}.png")
-        ceiling = summary.ceiling_for(config)
-        rows = cells + ([ceiling] if ceiling else [])
+        rows = cells + summary.references_for(config)
         if any(c.cpu_us_per_req.get(side) for c in rows for side in RESOURCE_SIDES):
             written[f"cpu:{config.slug}"] = _save(cpu_figure(config, rows),
                                                   folder / f"cpu_{config.slug}.png")
@@ -80,8 +80,38 @@ def write_all(summary: Summary, configs: list[Config], folder: Path) -> dict[str
 # Per-configuration bars
 
 
-def _value(stat) -> float:
-    return stat.value if stat is not None else 0.0
+def _stacked(ax, names: list[str], segments: dict[str, list[float | None]],
+             colours: dict[str, str], labels: dict[str, str],
+             not_applicable: list[set[str]] | None = None) -> list[float]:
+    """Horizontal stacked bars, first name at the bottom. A segment that was not measured (None)
+    is left out, never drawn as 0, and its bar is annotated "n/a: <segment>" instead of a total;
+    a segment in `not_applicable[i]` is left out of bar i without a remark. Returns where each bar
+    ends."""
+    y = list(range(len(names)))
+    ends = [0.0] * len(names)
+    missing: list[list[str]] = [[] for _ in names]
+    for key, widths in segments.items():
+        drawn = [(i, w) for i, w in enumerate(widths) if w is not None]
+        for i, w in enumerate(widths):
+            if w is None and not (not_applicable and key in not_applicable[i]):
+                missing[i].append(labels[key])
+        if drawn:
+            ax.barh([y[i] for i, _ in drawn], [w for _, w in drawn],
+                    left=[ends[i] for i, _ in drawn], color=colours[key], label=labels[key],
+                    height=0.6)
+            for i, w in drawn:
+                ends[i] += w
+    ax.set_yticks(y, names)
+    for i, end in enumerate(ends):
+        text = (f" {_three_digits(end)}" if not missing[i]
+                else f" n/a: {', '.join(missing[i])} not recorded")
+        ax.text(end, i, text, va="center", fontsize=8)
+    return ends
+
+
+def _width_limit(ax, ends: list[float], room: float) -> None:
+    top = max(ends) if ends else 0.0
+    ax.set_xlim(0, top * room if top > 0 else 1)
 
 
 def stage_figure(config: Config, cells: list[ServerSummary]) -> Figure:
@@ -93,37 +123,34 @@ def stage_figure(config: Config, cells: list[ServerSummary]) -> Figure:
     fig = _figure(9.0, 1.7 + 0.45 * len(cells))
     left, right = fig.subplots(1, 2, sharey=True, width_ratios=[1.2, 1])
 
-    starts = [0.0] * len(cells)
-    for stage in COMPUTE_STAGES:
-        widths = [_value(c.stage_mean_us.get(stage)) for c in cells]
-        left.barh(names, widths, left=starts, color=STAGE_COLOURS[stage], label=stage, height=0.6)
-        starts = [s + w for s, w in zip(starts, widths)]
-    for y, total in enumerate(starts):
-        left.text(total, y, f" {_three_digits(total)}", va="center", fontsize=8)
-    left.set_xlim(0, max(starts) * 1.15 if max(starts) > 0 else 1)
+    def mean(cell: ServerSummary, stage: str, scale: float = 1.0) -> float | None:
+        stat = cell.stage_mean_us.get(stage)
+        return stat.value / scale if stat is not None else None
+
+    ends = _stacked(left, names, {s: [mean(c, s) for c in cells] for s in COMPUTE_STAGES},
+                    STAGE_COLOURS, {s: s for s in COMPUTE_STAGES})
+    _width_limit(left, ends, 1.15)
     left.set_xlabel("µs per request (mean)")
     left.set_title("compute stages", fontsize=10)
 
-    segments = {
-        "compute": [sum(_value(c.stage_mean_us.get(s)) for s in COMPUTE_STAGES) / 1e3
-                    for c in cells],
-        "db": [_value(c.stage_mean_us.get("db")) / 1e3 for c in cells],
+    def compute_ms(cell: ServerSummary) -> float | None:
+        parts = [mean(cell, s, 1e3) for s in COMPUTE_STAGES]
+        return None if any(p is None for p in parts) else sum(parts)
+
+    def clipped_ms(stat) -> float | None:
         # a negative remainder (timer overlap, rounding) is not drawable; the table shows it
-        "rest": [max(_value(c.rest_of_handler_us), 0) / 1e3 for c in cells],
-        "outside": [max(_value(c.outside_handler_us), 0) / 1e3 for c in cells],
+        return max(stat.value, 0) / 1e3 if stat is not None else None
+
+    segments = {
+        "compute": [compute_ms(c) for c in cells],
+        "db": [mean(c, "db", 1e3) for c in cells],
+        "rest": [clipped_ms(c.rest_of_handler_us) for c in cells],
+        "outside": [clipped_ms(c.outside_handler_us) for c in cells],
     }
     labels = {"compute": "compute stages", "db": "db (incl. pool wait)",
               "rest": "rest of handler", "outside": "outside handler"}
-    starts = [0.0] * len(cells)
-    for key, widths in segments.items():
-        right.barh(names, widths, left=starts, color=STAGE_COLOURS[key], label=labels[key],
-                   height=0.6)
-        starts = [s + w for s, w in zip(starts, widths)]
-    for y, c in enumerate(cells):
-        if c.latency_mean_us is not None:
-            right.text(starts[y], y, f" {_three_digits(c.latency_mean_us.value / 1e3)}",
-                       va="center", fontsize=8)
-    right.set_xlim(0, max(starts) * 1.18 if max(starts) > 0 else 1)
+    ends = _stacked(right, names, segments, STAGE_COLOURS, labels)
+    _width_limit(right, ends, 1.18)
     right.set_xlabel("ms per request (mean client latency)")
     right.set_title("client-seen latency", fontsize=10)
     _legend(fig, [left, right], ncol=4)
@@ -132,20 +159,19 @@ def stage_figure(config: Config, cells: list[ServerSummary]) -> Figure:
 
 
 def cpu_figure(config: Config, cells: list[ServerSummary]) -> Figure:
+    """CPU µs per request by process group; a reference run has no server (nothing drawn, and
+    nothing missing), a group another run did not record is annotated n/a."""
     rows = cells[::-1]
-    names = [c.display_name if c.role != "ceiling" else f"{c.server} ({c.runs[0].tool})"
-             for c in rows]
+    names = [c.display_name for c in rows]
     fig = _figure(8.0, 1.4 + 0.42 * len(rows))
     ax = fig.subplots()
-    starts = [0.0] * len(rows)
+    segments: dict[str, list[float | None]] = {}
     for side in RESOURCE_SIDES:
-        widths = [_value(c.cpu_us_per_req.get(side)) for c in rows]
-        ax.barh(names, widths, left=starts, color=SIDE_COLOURS[side], label=SIDE_LABELS[side],
-                height=0.6)
-        starts = [s + w for s, w in zip(starts, widths)]
-    for y, total in enumerate(starts):
-        ax.text(total, y, f" {_three_digits(total)}", va="center", fontsize=8)
-    ax.set_xlim(0, max(starts) * 1.12 if max(starts) > 0 else 1)
+        segments[side] = [c.cpu_us_per_req[side].value if c.cpu_us_per_req.get(side) else None
+                          for c in rows]
+    ends = _stacked(ax, names, segments, SIDE_COLOURS, SIDE_LABELS,
+                    [{"server"} if c.is_reference else set() for c in rows])
+    _width_limit(ax, ends, 1.12)
     ax.set_xlabel("CPU µs per request")
     ax.set_title(f"CPU cost per request — {config.label}", fontsize=11)
     _legend(fig, [ax], ncol=3)
@@ -175,8 +201,9 @@ def _pick(values: list[int]) -> list[int]:
 def _series(summary: Summary, scenario: str) -> dict[str, list[ServerSummary]]:
     series: dict[str, list[ServerSummary]] = {}
     for name in summary.server_names():
+        # a cell of invalid runs only is not a point: its figures are struck in the tables
         series[name] = sorted((c for (cfg, s), c in summary.cells.items()
-                               if s == name and cfg.scenario == scenario),
+                               if s == name and cfg.scenario == scenario and not c.all_invalid),
                               key=lambda c: (c.config.candidates, c.config.concurrency))
     return series
 
@@ -228,25 +255,28 @@ def throughput_figure(summary: Summary, scenario: str, colours: dict[str, str]) 
             if not points:
                 continue
             x = [c.config.concurrency for c in points]
-            y = [c.rps.value for c in points]
-            err = [[c.rps.value - c.rps.lo for c in points], [c.rps.hi - c.rps.value for c in points]]
-            ax.errorbar(x, y, yerr=err if any(c.rps.n > 1 for c in points) else None,
+            y = [c.goodput.value for c in points]
+            err = [[c.goodput.value - c.goodput.lo for c in points],
+                   [c.goodput.hi - c.goodput.value for c in points]]
+            ax.errorbar(x, y, yerr=err if any(c.goodput.n > 1 for c in points) else None,
                         color=colours[name], label=points[0].display_name, capsize=2,
                         **_style(points[0]))
-        ceilings = sorted(((cfg.concurrency, c.rps.value) for cfg, c in summary.ceilings.items()
-                           if cfg.scenario == scenario and cfg.candidates == items))
-        if ceilings:
-            ax.plot(*zip(*ceilings), color="#555555", linestyle=":", linewidth=1.4,
-                    label="db-ceiling (pgbench)")
+        for kind, style in ((CEILING, ":"), (PGBENCH, "-.")):
+            line = sorted((cfg.concurrency, c.goodput.value) for (cfg, k), c in
+                          summary.references.items() if k == kind and cfg.scenario == scenario
+                          and cfg.candidates == items and not c.all_invalid)
+            if line:
+                ax.plot(*zip(*line), color="#555555", linestyle=style, linewidth=1.4,
+                        label=REFERENCE_LABELS[kind].split(" (")[0])
         _log2_ticks(ax, concurrencies)
         ax.set_ylim(bottom=0)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_title(_items_label(items), fontsize=10)
         ax.set_xlabel("concurrency (connections, log scale)")
-        ax.set_ylabel("requests/s")
+        ax.set_ylabel("goodput (2xx responses/s)")
         ax.grid(True, alpha=0.3)
     _legend(fig, axes)
-    fig.suptitle("Throughput vs concurrency", fontsize=11)
+    fig.suptitle("Goodput vs concurrency", fontsize=11)
     return fig
 
 
@@ -262,14 +292,14 @@ def p99_figure(summary: Summary, scenario: str, colours: dict[str, str]) -> Figu
                       if c.config.candidates == items and c.latency_us.get(99) is not None]
             if not points:
                 continue
-            x = [c.rps.value for c in points]
+            x = [c.goodput.value for c in points]
             y = [c.latency_us[99].value / 1e3 for c in points]
             ax.plot(x, y, color=colours[name], label=points[0].display_name, **_style(points[0]))
             # label the concurrency of each point once, on the fastest model server's line
         labelled = _fastest(series, items)
         if labelled:
             for c in labelled:
-                ax.annotate(f"c={c.config.concurrency}", (c.rps.value, c.latency_us[99].value / 1e3),
+                ax.annotate(f"c={c.config.concurrency}", (c.goodput.value, c.latency_us[99].value / 1e3),
                             textcoords="offset points", xytext=(4, -10), fontsize=7,
                             color="#333333")
         ax.set_yscale("log")
@@ -277,11 +307,11 @@ def p99_figure(summary: Summary, scenario: str, colours: dict[str, str]) -> Figu
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_xlim(left=0)
         ax.set_title(_items_label(items), fontsize=10)
-        ax.set_xlabel("requests/s")
+        ax.set_xlabel("goodput (2xx responses/s)")
         ax.set_ylabel("p99 latency (ms, log scale)")
         ax.grid(True, which="both", alpha=0.3)
     _legend(fig, axes)
-    fig.suptitle("p99 latency vs throughput (one point per concurrency)", fontsize=11)
+    fig.suptitle("p99 latency vs goodput (one point per concurrency)", fontsize=11)
     return fig
 
 
@@ -290,8 +320,8 @@ def _fastest(series: dict[str, list[ServerSummary]], items: int) -> list[ServerS
     for cells in series.values():
         points = [c for c in cells if c.config.candidates == items and c.role == "model"
                   and c.latency_us.get(99) is not None]
-        if points and (not best or max(p.rps.value for p in points) >
-                       max(p.rps.value for p in best)):
+        if points and (not best or max(p.goodput.value for p in points) >
+                       max(p.goodput.value for p in best)):
             best = points
     return best
 

@@ -1,26 +1,39 @@
 """Markdown for the report and for `compare`, from an aggregated Summary (no computation here
-beyond presentation: units, rounding, markers)."""
+beyond presentation: units, rounding, markers).
+
+A figure that was not measured is "n/a" with its reason in a footnote under its table, never 0 and
+never part of a sum. A cell whose runs are all invalid is struck through (`~~1,234~~`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterable
 
+from rankbench.contract import COMPUTE_STAGES
+from rankbench.thresholds import POSITION_EFFECT, RESPONSE_SIZE_TOLERANCE, SPREAD_WARNING
+
 from analysis import figures
-from analysis.aggregate import (ATTRIBUTED_STAGES, HEADLINE_METRICS, PERCENTILES, CompareRow,
-                                Overhead, ServerSummary, Stat, Summary, choose_winner,
-                                settings_of)
-from analysis.load import HANDLER_TOTAL, RESOURCE_SIDES, STAGES, Config
+from analysis.comparisons import (CALIBRATION_KEYS, HEADLINE_METRICS, STEPS, CompareRow,
+                                  Decomposition, FacetPair, Undecomposed, calibration,
+                                  calibration_ratios, settings_of)
+from analysis.load import (CEILING, HANDLER_TOTAL, MEASURED_STAGES, PGBENCH, RESOURCE_SIDES,
+                           Config, Results)
+from analysis.stats import Stat, choose_winner
+from analysis.summaries import (PERCENTILES, REFERENCE_LABELS, WRK_KEYS, ServerSummary, Summary,
+                                position_effects)
 
 REPORT_FILE = "report.md"
 MAX_DETAIL_CONFIGS = 4
 MEDIAN_MARK = "*"
 NOT_RECORDED = "n/a"
-ABSENT = "—"
+NOT_APPLICABLE = "—"
 
 STAGE_LABELS = {"parse": "parse", "db": "db", "pre": "pre", "infer": "infer", "post": "post",
                 "rest": "rest of handler"}
-ENV_SKIP = ("schema", "servers")  # servers get a table of their own
+ENV_SKIP = ("schema", "servers", "calibration")  # each gets a paragraph of its own
 SIDE_LABELS = {"server": "server", "db": "database", "load": "load generator"}
+FACET_COLUMNS = ("language", "http", "runtime", "interpreter", "variant", "role", "floor")
+SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +80,11 @@ def with_spread(stat: Stat | None, render=num) -> str:
     return NOT_RECORDED if stat is None else render(stat.value) + spread(stat)
 
 
+def struck(cell: ServerSummary, text: str) -> str:
+    """A figure from invalid runs only: shown, but struck through."""
+    return f"~~{text}~~" if cell.all_invalid and text not in ("", NOT_APPLICABLE) else text
+
+
 def table(header: list[str], rows: Iterable[list[str]], align: str | None = None) -> str:
     """A Markdown table; `align` is one letter per column, 'l' or 'r' (default: first l, rest r)."""
     align = align or "l" + "r" * (len(header) - 1)
@@ -74,6 +92,27 @@ def table(header: list[str], rows: Iterable[list[str]], align: str | None = None
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class Footnotes:
+    """n/a with its reason: `na(reason)` gives "n/a¹"; `lines()` the notes, one per reason."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def na(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return NOT_RECORDED + str(self.reasons.index(reason) + 1).translate(SUPERSCRIPTS)
+
+    def value(self, stat: Stat | None, reason: str, render=num) -> str:
+        return self.na(reason) if stat is None else with_spread(stat, render)
+
+    def lines(self) -> list[str]:
+        if not self.reasons:
+            return []
+        return [" ".join(f"{NOT_RECORDED}{str(i).translate(SUPERSCRIPTS)}: {reason}."
+                         for i, reason in enumerate(self.reasons, start=1)), ""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,11 +151,17 @@ def render_report(summary: Summary, configs: list[Config],
     out += _title(summary, configs)
     out += ["## Headline", ""]
     for config in configs:
-        out += [f"### {config.label}", "", headline_table(summary, config), ""]
-        out += _ceiling_line(summary, config)
+        notes = Footnotes()
+        out += [f"### {config.label}", "", headline_table(summary, config, notes), ""]
+        out += notes.lines()
+        out += _reference_lines(summary, config)
+    out += _invalid_runs(summary)
+    out += _pairs(summary, configs)
     out += ["## Latency percentiles (ms, as seen by the load generator)", ""]
     for config in configs:
-        out += [f"### {config.label}", "", latency_table(summary, config), ""]
+        notes = Footnotes()
+        out += [f"### {config.label}", "", latency_table(summary, config, notes), ""]
+        out += notes.lines()
     out += _latency_notes(summary, configs)
     out += ["## Where the time goes: stage breakdown (mean µs per request)", "",
             "Stages are the servers' own wall-clock timers (contract, \"Stages\"); `db` includes "
@@ -125,20 +170,27 @@ def render_report(summary: Summary, configs: list[Config],
             "handler. *Outside handler* is the mean latency the client saw minus the handler total: "
             "network, queueing before the handler, HTTP framing.", ""]
     for config in configs:
-        out += [f"### {config.label}", "", stage_table(summary, config), ""]
+        notes = Footnotes()
+        out += [f"### {config.label}", "", stage_table(summary, config, notes), ""]
+        out += notes.lines()
         out += image(f"stages:{config.slug}", f"stage breakdown, {config.label}")
         p99 = stage_p99_table(summary, config)
         if p99:
             out += ["p99 of each stage (µs):", "", p99, ""]
     out += ["## CPU cost per request (µs of CPU per request)", "",
             "CPU seconds of each process group during the measured window divided by the "
-            "requests served: the machine-independent view of what each stack costs.", ""]
+            "requests served. It depends on how fast the machine was that day, so it is comparable "
+            "only as ratios between servers of one results folder; across days, through the "
+            "machine calibration (Environment, and `make compare`).", ""]
     for config in configs:
-        out += [f"### {config.label}", "", cpu_table(summary, config), ""]
+        notes = Footnotes()
+        out += [f"### {config.label}", "", cpu_table(summary, config, notes), ""]
+        out += notes.lines()
         out += image(f"cpu:{config.slug}", f"CPU per request, {config.label}")
-    out += _python_overhead(summary, configs)
-    sweep = [("throughput_vs_concurrency", "throughput vs concurrency"),
-             ("p99_vs_throughput", "p99 latency vs throughput"),
+    out += _decompositions(summary, configs)
+    out += _wire(summary, configs)
+    sweep = [("throughput_vs_concurrency", "goodput vs concurrency"),
+             ("p99_vs_throughput", "p99 latency vs goodput"),
              ("cpu_vs_items", "CPU per request vs items per request")]
     sweep_keys = [(key, f"{alt}{' (' + key[len(prefix) + 1:] + ')' if key != prefix else ''}")
                   for prefix, alt in sweep for key in sorted(figure_files)
@@ -149,7 +201,8 @@ def render_report(summary: Summary, configs: list[Config],
             out += image(key, alt)
     out += _environment(summary)
     out += _variation(summary, configs)
-    out += _warnings(summary)
+    out += _runs(summary, configs)
+    out += _findings(summary)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -158,18 +211,26 @@ def _title(summary: Summary, configs: list[Config]) -> list[str]:
     stamps = sorted(r.started_at for r in runs if r.started_at)
     when = f"{stamps[0]} to {stamps[-1]}" if stamps else "start times not recorded"
     repeats = summary.repeats
-    repeat_text = (f"{repeats[0]} repeat{'s' if repeats[0] != 1 else ''}" if len(repeats) == 1
-                   else f"{repeats[0]}-{repeats[-1]} repeats")
+    repeat_text = (f"{repeats[0]} valid repeat{'s' if repeats[0] != 1 else ''}"
+                   if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]} valid repeats")
     merged = all(c.latency_merged for c in summary.cells.values())
+    invalid = len(summary.invalid_runs)
     lines = [
         f"# rankbench report: {summary.results.name}", "",
         f"{len(runs)} measured runs ({when}), {len(summary.configs)} configuration"
-        f"{'s' if len(summary.configs) != 1 else ''}, {repeat_text} per server.", "",
+        f"{'s' if len(summary.configs) != 1 else ''}, {repeat_text} per server"
+        + (f"; {invalid} invalid run{'s' if invalid != 1 else ''} left out (listed apart)."
+           if invalid else "."), "",
         "How to read it:",
-        "- Requests/s, cores used and peak RSS are medians over repeats; **±** is the largest "
+        "- The headline is goodput: 2xx responses per second. All responses per second stand "
+        "beside it. A run with any non-2xx response or socket error is invalid: it is left out of "
+        "every figure and listed under *Invalid runs*; a server whose runs are all invalid keeps "
+        "its figures struck through (~~like this~~).",
+        "- Goodput, cores used and peak RSS are medians over repeats; **±** is the largest "
         "distance of any repeat from the printed value.",
         "- Per-request means (stages, CPU per request) pool every request of every repeat, so the "
-        "parts add up to the whole.",
+        "parts add up to the whole. CPU per request is comparable as ratios within one results "
+        "folder, not across machines or days.",
         "- Latency percentiles are " + (
             "those of all requests of all repeats: the repeats' latency histograms are merged "
             "(counts added)." if merged else
@@ -177,12 +238,14 @@ def _title(summary: Summary, configs: list[Config]) -> list[str]:
             "recorded a histogram; otherwise "
             f"they are medians over repeats of each run's percentile (marked {MEDIAN_MARK}), "
             "which is not the percentile of all requests."),
+        f"- {NOT_RECORDED} marks a figure that was not measured; its footnote says why. It is never "
+        "counted as 0.",
         "- A winner is named only when its range over repeats does not overlap the runner-up's; "
-        "otherwise the row says *not significant*. Floors (no model) and the database ceiling "
+        "otherwise the row says *not significant*. Floors (no model) and the database references "
         "are references, not contestants.", ""]
-    if summary.warnings:
-        count = len(summary.warnings)
-        lines += [f"**{count} warning{'s' if count != 1 else ''}** (listed at the end) qualify "
+    if summary.findings:
+        count = len(summary.findings)
+        lines += [f"**{count} finding{'s' if count != 1 else ''}** (listed at the end) qualify "
                   f"these figures.", ""]
     if len(configs) < len(summary.configs):
         lines += [f"Tables show {len(configs)} of the {len(summary.configs)} configurations (the "
@@ -192,44 +255,121 @@ def _title(summary: Summary, configs: list[Config]) -> list[str]:
     return lines
 
 
-def headline_table(summary: Summary, config: Config) -> str:
+def headline_table(summary: Summary, config: Config, notes: Footnotes) -> str:
     cells = summary.servers_in(config)
-    contestants = [c for c in cells if c.role == "model"]
+    contestants = [c for c in cells if c.role == "model" and not c.all_invalid]
     header = [""] + [c.display_name for c in cells] + ["winner"]
     rows = []
     for metric in HEADLINE_METRICS:
-        render = percent if metric.name == "share of db-ceiling" else num
+        if metric.needs and summary.reference_for(config, metric.needs) is None:
+            continue
+        render = percent if metric.name.startswith("share of") else num
         stats = {c.server: metric.get(summary, c) for c in cells}
-        verdict = choose_winner([(c.server, stats[c.server]) for c in contestants],
-                                metric.higher_is_better)
-        rows.append([metric.name] + [with_spread(stats[c.server], render) for c in cells]
-                    + [verdict.text])
+        verdict = (choose_winner([(c.server, stats[c.server]) for c in contestants],
+                                 metric.higher_is_better).text if metric.has_winner else
+                   NOT_APPLICABLE)
+        rows.append([metric.name]
+                    + [struck(c, notes.value(stats[c.server], metric.missing, render))
+                       for c in cells]
+                    + [verdict])
     return table(header, rows, align="l" + "r" * len(cells) + "l")
 
 
-def _ceiling_line(summary: Summary, config: Config) -> list[str]:
-    ceiling = summary.ceiling_for(config)
-    if ceiling is None:
-        return ["No database ceiling was recorded for this configuration.", ""]
-    clients = ceiling.runs[0].record["client"].get("clients")
-    how = (f"{clients} clients" if isinstance(clients, int) and clients != config.concurrency
-           else f"concurrency {config.concurrency}")
-    return [f"db-ceiling: {with_spread(ceiling.rps)} transactions/s ({ceiling.runs[0].tool}, the "
-            f"same two queries, {how}, no HTTP server): what PostgreSQL alone sustains here.", ""]
+def _reference_lines(summary: Summary, config: Config) -> list[str]:
+    out = []
+    for kind in (CEILING, PGBENCH):
+        reference = summary.reference_for(config, kind)
+        if reference is None:
+            if kind == CEILING:
+                out += ["No database ceiling was recorded for this configuration.", ""]
+            continue
+        client = reference.runs[0].record["client"]
+        clients = client.get("clients") or client.get("connections")
+        how = (f"{clients} connections" if isinstance(clients, int) and clients != config.concurrency
+               else f"concurrency {config.concurrency}")
+        text = (f"{REFERENCE_LABELS[kind]}: {struck(reference, with_spread(reference.goodput))} "
+                f"transactions/s ({reference.runs[0].tool}, {how}).")
+        if kind == CEILING:
+            text += " No server should exceed it."
+        else:
+            text += (" Text results cost the database more than the servers' binary ones, so a "
+                     "server may exceed it: it is a reference, not a bound.")
+        out += [text, ""]
+    return out
 
 
-def latency_table(summary: Summary, config: Config) -> str:
+def _invalid_runs(summary: Summary) -> list[str]:
+    invalid = summary.invalid_runs
+    if not invalid:
+        return []
+    out = ["## Invalid runs", "",
+           "Left out of every figure (a run with any non-2xx response or socket error measured other "
+           "work than the contract's):", ""]
+    out += [f"- {run.label}: {'; '.join(run.invalid_reasons)}" for run in invalid]
+    return out + [""]
+
+
+def _pairs(summary: Summary, configs: list[Config]) -> list[str]:
+    out = ["## What each pair of servers isolates", "",
+           "Every pair of servers that differ in exactly one facet of the registry (language with "
+           "its HTTP stack and interpreter, runtime, variant), with the difference in server CPU "
+           "per request and in goodput. Pairs that differ in more than one facet isolate nothing "
+           "and are not listed.", ""]
+    body = _by_config(configs, lambda config: [f"- {pair_text(p)}"
+                                               for p in summary.pairs_in(config)])
+    return out + (body or ["No pair of servers in these results differs in exactly one facet.",
+                           ""])
+
+
+def _by_config(configs: list[Config], lines_of) -> list[str]:
+    """'### <configuration>' and its lines, for each configuration that has any."""
+    out = []
+    for config in configs:
+        lines = lines_of(config)
+        while lines and not lines[-1]:
+            lines.pop()
+        if lines:
+            out += [f"### {config.label}", "", *lines, ""]
+    return out
+
+
+def _verdict(significant: bool | None) -> str:
+    return {True: "significant", False: "not significant: the ranges over repeats overlap",
+            None: "single run: significance unknown"}[significant]
+
+
+def pair_text(p: FacetPair) -> str:
+    a, b = p.a.server, p.b.server
+    cpu_a, cpu_b = p.a.cpu_us_per_req.get("server"), p.b.cpu_us_per_req.get("server")
+    if p.cpu_delta_us is None:
+        cpu = "server CPU per request: n/a (not recorded for both)"
+    else:
+        cpu = (f"server CPU per request {a} {with_spread(cpu_a)} µs vs {b} {with_spread(cpu_b)} µs, "
+               f"Δ {signed(p.cpu_delta_us.value)} µs ({_verdict(p.cpu_significant)})")
+    if p.goodput_ratio is None:
+        goodput = "goodput: n/a"
+    else:
+        goodput = (f"goodput {a} {with_spread(p.a.goodput)}/s vs {b} {with_spread(p.b.goodput)}/s, "
+                   f"{p.goodput_ratio.value:.2f}× ({_verdict(p.goodput_significant)})")
+    return f"{p.sentence}. {cpu[0].upper() + cpu[1:]}; {goodput}."
+
+
+def latency_table(summary: Summary, config: Config, notes: Footnotes) -> str:
     header = ["server"] + [f"{p:g}%" for p in PERCENTILES] + ["from"]
     rows = []
     for cell in summary.servers_in(config):
         values = []
+        recorded = bool(cell.runs[0].latency_us) or cell.latency_merged
         for p in PERCENTILES:
             stat = cell.latency_us.get(p)
             if stat is None:
-                values.append(NOT_RECORDED)
+                values.append(notes.na(
+                    "the run records hold no latency figures" if not recorded or p in WRK_KEYS
+                    else "wrk reports 50/75/90/95/99/99.9/99.99% and the maximum; this percentile "
+                         "needs a latency histogram and is not interpolated"))
                 continue
             mark = MEDIAN_MARK if stat.how == "median-of-runs" else ""
-            values.append(num(stat.value / 1000) + mark)
+            values.append(struck(cell, num(stat.value / 1000) + mark))
         n = len(cell.runs)
         source = (f"merged histograms, {n} run{'s' if n != 1 else ''}" if cell.latency_merged
                   else ("1 run" if n == 1 else f"median of {n} runs{MEDIAN_MARK}"))
@@ -244,9 +384,6 @@ def _latency_notes(summary: Summary, configs: list[Config]) -> list[str]:
         notes.append(f"{MEDIAN_MARK} Median over repeats of each run's own percentile: the runs "
                      "recorded no latency histogram, so the percentile of all requests together "
                      "cannot be computed (and averaging percentiles would be wrong).")
-    if any(not c.latency_merged for c in cells):
-        notes.append(f"{NOT_RECORDED}: wrk reports 50/75/90/95/99/99.9/99.99%; 66, 80 and 98% "
-                     "need a histogram and are not interpolated.")
     notes.append("100% is the largest latency of any run (exact).")
     return [" ".join(notes), ""]
 
@@ -255,8 +392,8 @@ def _stage(cell: ServerSummary, name: str) -> Stat | None:
     return cell.rest_of_handler_us if name == "rest" else cell.stage_mean_us.get(name)
 
 
-def stage_table(summary: Summary, config: Config) -> str:
-    header = ["server", *STAGES, "rest of handler", "handler total", "outside handler",
+def stage_table(summary: Summary, config: Config, notes: Footnotes) -> str:
+    header = ["server", *MEASURED_STAGES, "rest of handler", "handler total", "outside handler",
               "client mean"]
     rows = []
     for cell in summary.servers_in(config):
@@ -264,11 +401,15 @@ def stage_table(summary: Summary, config: Config) -> str:
             rows.append([cell.display_name, "no stage figures recorded"]
                         + [""] * (len(header) - 2))
             continue
-        values = [num(s.value) if (s := _stage(cell, n)) else ABSENT for n in (*STAGES, "rest")]
-        values += [num(cell.stage_mean_us[HANDLER_TOTAL].value),
-                   num(cell.outside_handler_us.value) if cell.outside_handler_us else NOT_RECORDED,
-                   num(cell.latency_mean_us.value) if cell.latency_mean_us else NOT_RECORDED]
-        rows.append([cell.display_name] + values)
+        values = [num(s.value) if (s := _stage(cell, n)) else
+                  notes.na(f"the server recorded no `{n}` stage") for n in MEASURED_STAGES]
+        values.append(num(cell.rest_of_handler_us.value))
+        values.append(num(cell.stage_mean_us[HANDLER_TOTAL].value))
+        mean_na = "the run records hold no client mean latency"
+        values += [num(cell.outside_handler_us.value) if cell.outside_handler_us
+                   else notes.na(mean_na),
+                   num(cell.latency_mean_us.value) if cell.latency_mean_us else notes.na(mean_na)]
+        rows.append([cell.display_name] + [struck(cell, v) for v in values])
     return table(header, rows)
 
 
@@ -276,126 +417,179 @@ def stage_p99_table(summary: Summary, config: Config) -> str:
     cells = [c for c in summary.servers_in(config) if c.has_stages]
     if not cells:
         return ""
-    header = ["server", *STAGES, "handler total", "from"]
+    notes = Footnotes()
+    header = ["server", *MEASURED_STAGES, "handler total", "from"]
     rows = []
     for cell in cells:
-        stats = [cell.stage_p99_us.get(n) for n in (*STAGES, HANDLER_TOTAL)]
-        values = [ABSENT if s is None else num(s.value) + (MEDIAN_MARK if s.how == "median-of-runs"
-                                                             else "") for s in stats]
-        hows = {s.how for s in stats if s is not None}
+        stats = {n: cell.stage_p99_us.get(n) for n in (*MEASURED_STAGES, HANDLER_TOTAL)}
+        values = [notes.na(f"the server recorded no `{n}` stage") if s is None else
+                  struck(cell, num(s.value) + (MEDIAN_MARK if s.how == "median-of-runs" else ""))
+                  for n, s in stats.items()]
+        hows = {s.how for s in stats.values() if s is not None}
         n = len(cell.runs)
-        source = (f"merged histograms, {n} runs" if hows == {"merged"} else
-                  "1 run" if n == 1 else f"median of {n} runs{MEDIAN_MARK}")
+        source = (f"merged stage histograms, {n} run{'s' if n != 1 else ''}" if hows == {"merged"}
+                  else "1 run" if n == 1 else f"median of {n} runs{MEDIAN_MARK}")
         rows.append([cell.display_name] + values + [source])
-    return table(header, rows, align="l" + "r" * (len(header) - 2) + "l")
+    text = table(header, rows, align="l" + "r" * (len(header) - 2) + "l")
+    return "\n".join([text, ""] + notes.lines()).rstrip()
 
 
-def cpu_table(summary: Summary, config: Config) -> str:
+def cpu_table(summary: Summary, config: Config, notes: Footnotes) -> str:
     header = ["server", *(f"{SIDE_LABELS[s]} µs/req" for s in RESOURCE_SIDES), "total µs/req",
               "server cores used"]
-    cells = summary.servers_in(config)
-    ceiling = summary.ceiling_for(config)
     rows = []
-    for cell in cells + ([ceiling] if ceiling else []):
-        stats = [cell.cpu_us_per_req.get(side) for side in RESOURCE_SIDES]
-        present = [s for s in stats if s is not None]
-        total = sum(s.value for s in present) if present else None
-        name = (cell.display_name if cell.role != "ceiling"
-                else f"{cell.server} ({cell.runs[0].tool})")
-        rows.append([name]
-                    + [with_spread(s) if s is not None else ABSENT for s in stats]
-                    + [num(total), with_spread(cell.cores.get("server")) if cell.cores.get("server")
-                       else ABSENT])
+    for cell in summary.servers_in(config) + summary.references_for(config):
+        values, parts, complete = [], [], True
+        for side in RESOURCE_SIDES:
+            stat = cell.cpu_us_per_req.get(side)
+            if side == "server" and cell.is_reference:
+                values.append(NOT_APPLICABLE)  # no HTTP server in a reference run
+            elif stat is None:
+                values.append(notes.na(f"the run records hold no {SIDE_LABELS[side]} CPU time"))
+                complete = False
+            else:
+                values.append(with_spread(stat))
+                parts.append(stat.value)
+        values.append(num(sum(parts)) if complete else
+                      notes.na("a part of the sum is n/a, so the sum is unknown"))
+        cores = cell.cores.get("server")
+        values.append(NOT_APPLICABLE if cell.is_reference else
+                      with_spread(cores) if cores else
+                      notes.na(f"the run records hold no server CPU time"))
+        rows.append([cell.display_name] + [struck(cell, v) for v in values])
     return table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------
-# Python overhead
+# Two-step decompositions
 
 
-def _python_overhead(summary: Summary, configs: list[Config]) -> list[str]:
-    out = ["## Python overhead", "",
-           "Server CPU per request of each Python server minus that of a reference doing the same "
-           "work: `candle` (Rust, same model) and the server's own floor (same Python stack, no "
-           "model); Python's floor is also set against Rust's. The difference is split over the "
-           "stages whose wall time is CPU time (parse, pre, infer, post). What remains is spent "
-           "where no timer separates work from waiting: DB driver encoding and decoding (inside "
-           "`db`), HTTP parsing and writing, the event loop, task scheduling. Stage times are wall "
-           "clock, so they match CPU time best when the server has a core of its own (PIN=1).", ""]
-    any_rows = False
-    for config in configs:
-        overheads = summary.overheads_in(config)
-        if not overheads:
-            continue
-        any_rows = True
-        out += [f"### {config.label}", ""]
-        out += [f"- {overhead_sentence(o)}" for o in overheads]
-        out += ["", overhead_table(overheads), ""]
-    if not any_rows:
-        out += ["No Python server had a reference in these results (needs `candle`, or a Python "
-                "server with backend `none`, and CPU figures).", ""]
-    return out
+def _decompositions(summary: Summary, configs: list[Config]) -> list[str]:
+    out = ["## Language overhead: a two-step decomposition", "",
+           "For two model servers A and B of different languages whose floors FA and FB (the same "
+           "stacks without a model) were measured, the difference in server CPU per request splits "
+           "in two steps: (A − B) = (FA − FB) + ((A − FA) − (B − FB)). Step 1 is what the two "
+           "stacks cost without any model (HTTP, database driver, event loop, interpreter); step 2 "
+           "is what their model paths cost beyond their own floors. It is a decomposition, not an "
+           "isolation: A and B may differ in more than one facet (the pairs above isolate one). "
+           "The range is over repeats, each repeat's four runs combined. The split over the "
+           "stages whose wall time is CPU time (parse, pre, infer, post) leaves *elsewhere*: "
+           "database driver encoding and decoding (inside `db`), HTTP parsing and writing, the "
+           "event loop, task scheduling. Stage times are wall clock, so they match CPU time best "
+           "when the server has a core of its own (PIN=1).", ""]
+
+    def lines_of(config: Config) -> list[str]:
+        entries = summary.decompositions_in(config)
+        done = [d for d in entries if isinstance(d, Decomposition)]
+        lines = [f"- {decomposition_text(d)}" for d in done]
+        lines += [f"- **{u.a.server} − {u.b.server}**: no decomposition: {u.reason}."
+                  for u in entries if isinstance(u, Undecomposed)]
+        if done:
+            notes = Footnotes()
+            lines += ["", decomposition_table(done, notes), ""] + notes.lines()
+        return lines
+
+    body = _by_config(configs, lines_of)
+    return out + (body or ["No two model servers of different languages in these results (needs "
+                           "the registry's facets and CPU figures).", ""])
 
 
-def overhead_sentence(o: Overhead) -> str:
-    subject, reference = o.subject.server, o.reference.server
-    a = o.subject.cpu_us_per_req["server"]
-    more = "more" if o.cpu_delta_us >= 0 else "less"
-    ratio = f" ({o.cpu_ratio:.1f}×)" if o.cpu_ratio else ""
-    if o.relation == "own floor":
-        lead = (f"**{subject}** against its own floor {reference}: the model path costs "
-                f"{num(abs(o.cpu_delta_us))} µs {more} server CPU per request{ratio}")
-    elif o.relation == "Rust floor":
-        lead = (f"**{subject}**, Python's DB+HTTP floor, uses {num(abs(o.cpu_delta_us))} µs {more} "
-                f"server CPU per request than {reference}, Rust's{ratio}")
-    else:
-        lead = (f"**{subject}** uses {num(a.value)} µs of server CPU per request, "
-                f"{num(abs(o.cpu_delta_us))} µs {more} than {reference}{ratio}")
-    if o.significant is False:
-        lead += " — not significant: within the run-to-run spread"
-    elif o.significant is None:
-        lead += " (single run: significance unknown)"
-    if o.stage_delta_us is None:
-        return lead + "; no stage figures to split it."
-    parts = sorted(((name, d) for name, d in o.stage_delta_us.items() if abs(d) >= 0.5),
-                   key=lambda item: -abs(item[1]))
-    split = ", ".join(f"{STAGE_LABELS[name]} {signed(d)}" for name, d in parts)
-    rest = f"{signed(o.unattributed_us)} µs outside those stages"
-    return f"{lead}: {split + ', ' if split else ''}{rest}."
+def _range(stat: Stat) -> str:
+    return "" if stat.n < 2 else f" (repeats {signed(stat.lo)} to {signed(stat.hi)})"
 
 
-def overhead_table(overheads: list[Overhead]) -> str:
-    header = (["server", "against", "server CPU µs/req", "reference µs/req", "Δ µs/req", "ratio"]
-              + [f"Δ {STAGE_LABELS[s]}" for s in ATTRIBUTED_STAGES]
-              + ["Δ elsewhere", "significant"])
+def decomposition_text(d: Decomposition) -> str:
+    total, floors, paths = (d.steps[s] for s in STEPS)
+    a, b = d.a.cpu_us_per_req["server"], d.b.cpu_us_per_req["server"]
+    ratio = f" ({a.value / b.value:.1f}×)" if b.value else ""
+    verdict = {True: "", False: "; not significant: within the run-to-run spread",
+               None: "; single run: significance unknown"}[d.significant]
+    return (f"**{d.a.server} − {d.b.server}** = {signed(total.value)} µs server CPU per request"
+            f"{ratio}{verdict}. Step 1, floors {d.floor_a.server} − {d.floor_b.server}: "
+            f"{signed(floors.value)} µs{_range(floors)}; step 2, model paths ({d.a.server} − "
+            f"{d.floor_a.server}) − ({d.b.server} − {d.floor_b.server}): {signed(paths.value)} µs"
+            f"{_range(paths)}.")
+
+
+def decomposition_table(entries: list[Decomposition], notes: Footnotes) -> str:
+    header = (["pair", "step", "µs/req", "range over repeats"]
+              + [f"Δ {STAGE_LABELS[s]}" for s in COMPUTE_STAGES] + ["Δ elsewhere"])
     rows = []
-    for o in overheads:
-        a, b = o.subject.cpu_us_per_req["server"], o.reference.cpu_us_per_req["server"]
-        deltas = ([signed(o.stage_delta_us[s]) for s in ATTRIBUTED_STAGES]
-                  if o.stage_delta_us is not None else [NOT_RECORDED] * len(ATTRIBUTED_STAGES))
-        verdict = {True: "yes", False: "no (within spread)", None: "unknown (1 run)"}[o.significant]
-        rows.append([o.subject.server, f"{o.reference.server} ({o.relation})", with_spread(a),
-                     with_spread(b), signed(o.cpu_delta_us),
-                     f"{o.cpu_ratio:.2f}×" if o.cpu_ratio else NOT_RECORDED, *deltas,
-                     signed(o.unattributed_us), verdict])
-    return table(header, rows, align="ll" + "r" * (len(header) - 3) + "l")
+    for d in entries:
+        reason = "; ".join(d.missing) or "a stage figure is missing"
+        for step in STEPS:
+            stat = d.steps[step]
+            deltas = [signed(v) if v is not None else notes.na(reason)
+                      for v in d.stage_split[step].values()]
+            elsewhere = d.elsewhere[step]
+            rows.append([f"{d.a.server} − {d.b.server}", _step_label(d, step), signed(stat.value),
+                         f"{signed(stat.lo)} to {signed(stat.hi)}" if stat.n > 1 else
+                         "1 run",
+                         *deltas,
+                         signed(elsewhere) if elsewhere is not None else notes.na(
+                             "the split over stages is n/a, so what lies outside them is unknown")])
+    return table(header, rows, align="ll" + "r" * (len(header) - 2))
+
+
+def _step_label(d: Decomposition, step: str) -> str:
+    if step == "total":
+        return f"{d.a.server} − {d.b.server}"
+    if step == "floors":
+        return f"1. floors {d.floor_a.server} − {d.floor_b.server}"
+    return f"2. model paths"
 
 
 # --------------------------------------------------------------------------------------------
-# Environment, variation, warnings
+# Equal work on the wire
+
+
+def _wire(summary: Summary, configs: list[Config]) -> list[str]:
+    sizes = summary.results.body_bytes()
+    out = ["## Equal work on the wire", "",
+           "Mean response body per server over the same fixed requests before any load (verify), "
+           "and bytes per response under load (wrk's bytes over responses, headers included). Only "
+           f"bodies are checked: servers with real scores must agree within "
+           f"{RESPONSE_SIZE_TOLERANCE:.0%}, and floors among themselves; HTTP stacks send different "
+           "headers.", ""]
+    if summary.results.verify is None:
+        out += ["verify.json is not in the results folder: response bodies were not measured.", ""]
+    names = summary.server_names()
+    any_bytes = any(c.bytes_per_response for c in summary.cells.values())
+    if not sizes and not any_bytes:
+        return out + ["No response sizes were recorded.", ""]
+    notes = Footnotes()
+    header = (["server", "verify: mean body (bytes)"]
+              + [f"bytes/response, {cfg.label}" for cfg in configs])
+    rows = []
+    for name in names:
+        row = [name, num(sizes[name]) if name in sizes else notes.na(
+            "not in verify.json" if summary.results.verify is not None else "no verify.json")]
+        for cfg in configs:
+            cell = summary.cells.get((cfg, name))
+            if cell is None:
+                row.append(NOT_APPLICABLE)
+            else:
+                row.append(struck(cell, notes.value(cell.bytes_per_response,
+                                                    "the run records hold no byte count")))
+        rows.append(row)
+    return out + [table(header, rows), ""] + notes.lines()
+
+
+# --------------------------------------------------------------------------------------------
+# Environment, variation, runs, findings
 
 
 def _compact(value: Any) -> str:
     """One cell's worth of a JSON value: nested objects inline, as `key value, ...`."""
     if isinstance(value, dict):
         inner = ", ".join(f"{k} {_compact(v)}" for k, v in value.items())
-        return f"({inner})" if inner else ABSENT
+        return f"({inner})" if inner else NOT_APPLICABLE
     if isinstance(value, list):
-        return ", ".join(_compact(v) for v in value) or ABSENT
+        return ", ".join(_compact(v) for v in value) or NOT_APPLICABLE
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None or value == "":
-        return ABSENT
+        return NOT_APPLICABLE
     return str(value)
 
 
@@ -405,32 +599,41 @@ def _env_rows(env: dict[str, Any]) -> list[list[str]]:
         if key in ENV_SKIP:
             continue
         if isinstance(value, dict):
-            text = "; ".join(f"{k}: {_compact(v)}" for k, v in value.items()) or ABSENT
+            text = "; ".join(f"{k}: {_compact(v)}" for k, v in value.items()) or NOT_APPLICABLE
         else:
             text = _compact(value)
         rows.append([f"`{key}`", text.replace("|", "\\|")])
     return rows
 
 
+def calibration_text(results: Results) -> str:
+    figures_ = calibration(results)
+    recorded = results.calibration or {}
+    if not any(figures_.values()):
+        return ("No machine calibration was recorded (results before schema 2): CPU per request "
+                "of this folder cannot be put on the scale of another day's.")
+    loops = ", ".join(f"{label} {num(figures_[key]) if figures_[key] else NOT_RECORDED}"
+                      for key, label in CALIBRATION_KEYS)
+    what = "; ".join(f"{k.split('_')[0]}: {_compact(recorded[k])}"
+                     for k in ("python_loop", "native_loop") if recorded.get(k))
+    when = f", measured {recorded['measured_at']}" if recorded.get("measured_at") else ""
+    return (f"Machine calibration{when}: {loops}{' (' + what + ')' if what else ''}. How fast the "
+            f"machine was that day: `make compare` divides two folders' figures to tell a change "
+            f"of the code from a change of the machine.")
+
+
 def _environment(summary: Summary) -> list[str]:
+    results = summary.results
     out = ["## Environment", ""]
-    env = summary.results.env
+    env = results.env
     if env:
         out += [table(["env.json", "value"], _env_rows(env), align="ll"), ""]
-        servers = env.get("servers")
-        if isinstance(servers, dict) and servers:
-            rows = []
-            for name, info in servers.items():
-                info = info if isinstance(info, dict) else {}
-                build = info.get("build")
-                rows.append([name, _compact(info.get("backend")), _compact(info.get("language")),
-                             _compact(build).strip("()") if build else ABSENT])
-            out += ["Servers (their full command lines are in env.json):", "",
-                    table(["server", "backend", "language", "build"], rows, align="llll"), ""]
     else:
         out += ["env.json was not recorded: machine, versions and git SHA are unknown.", ""]
+    out += [calibration_text(results), ""]
+    out += _server_facets(summary)
     settings = {attr: _values(values) for attr, values in settings_of(summary).items()}
-    tools = ", ".join(sorted({r.tool for r in summary.results.runs if not r.is_ceiling}))
+    tools = ", ".join(sorted({r.tool for r in results.runs if not r.is_reference}))
     out += ["Settings in the run records: "
             f"workers {settings['workers']}; pool size {settings['pool_size']}; "
             f"top_k {settings['top_k']}; {settings['duration_s']} s measured after "
@@ -438,28 +641,111 @@ def _environment(summary: Summary) -> list[str]:
     return out
 
 
+def _server_facets(summary: Summary) -> list[str]:
+    results = summary.results
+    env_servers = (results.env or {}).get("servers")
+    env_servers = env_servers if isinstance(env_servers, dict) else {}
+    threads: dict[str, str] = {}
+    for run in results.runs:
+        if run.runtime_threads and run.server not in threads:
+            threads[run.server] = _compact(run.runtime_threads).strip("()")
+    header = ["server", *FACET_COLUMNS, "facets from", "build"]
+    if threads:
+        header.insert(-1, "runtime threads (as reported)")
+    rows = []
+    for name in summary.server_names():
+        facts = results.servers[name]
+        info = env_servers.get(name) if isinstance(env_servers.get(name), dict) else {}
+        build = info.get("build")
+        row = [name] + [_compact(facts.get(k)) if facts.known else "?" for k in FACET_COLUMNS]
+        row += [facts.source]
+        if threads:
+            row.append(threads.get(name, NOT_RECORDED))
+        row.append(_compact(build).strip("()") if build else NOT_APPLICABLE)
+        rows.append(row)
+    out = ["Servers (registry facets; their full command lines are in env.json):", "",
+           table(header, rows, align="l" * len(header)), ""]
+    filled = sorted(n for n in summary.server_names() if results.servers[n].from_registry)
+    if filled:
+        out += [f"Facets of {', '.join(filled)} are not (all) in env.json (results before schema 2): "
+                f"they are taken from `rankbench.servers.SERVERS` by name, i.e. the registry of the "
+                f"checkout that wrote this report.", ""]
+    unknown = sorted(n for n in summary.server_names() if not results.servers[n].known)
+    if unknown:
+        out += [f"Facets unknown (neither in env.json nor registered): {', '.join(unknown)}; "
+                f"they take part in no pair and no decomposition.", ""]
+    return out
+
+
 def _variation(summary: Summary, configs: list[Config]) -> list[str]:
     cells = [c for cfg in configs for c in summary.servers_in(cfg) if len(c.runs) > 1]
     if not cells:
-        return ["Single runs only: run-to-run spread is unknown, so no difference is marked "
-                "significant.", ""]
-    rows = []
-    for cell in cells:
-        def cv(stat: Stat | None) -> str:
-            return NOT_RECORDED if stat is None or stat.cv is None else f"{stat.cv:.1%}"
-        rows.append([cell.server, cell.config.label, str(len(cell.runs)), cv(cell.rps),
-                     cv(cell.latency_us.get(99)), cv(cell.cpu_us_per_req.get("server"))])
-    return ["Run-to-run variation (coefficient of variation over repeats):", "",
-            table(["server", "configuration", "runs", "requests/s", "p99", "server CPU/req"],
-                  rows, align="llrrrr"), ""]
+        out = ["Single runs only: run-to-run spread is unknown, so no difference is marked "
+               "significant.", ""]
+    else:
+        rows = []
+        for cell in cells:
+            def cv(stat: Stat | None) -> str:
+                return NOT_RECORDED if stat is None or stat.cv is None else f"{stat.cv:.1%}"
+            rows.append([cell.server, cell.config.label, str(len(cell.runs)), cv(cell.goodput),
+                         cv(cell.latency_us.get(99)), cv(cell.cpu_us_per_req.get("server"))])
+        out = ["Run-to-run variation (coefficient of variation over valid repeats):", "",
+               table(["server", "configuration", "runs", "goodput", "p99", "server CPU/req"],
+                     rows, align="llrrrr"), ""]
+    return out + _positions(summary)
 
 
-def _warnings(summary: Summary) -> list[str]:
-    out = ["## Warnings", ""]
-    if not summary.warnings:
+def _positions(summary: Summary) -> list[str]:
+    effects = position_effects(summary)
+    if not effects:
+        return []
+    positions = sorted({p for e in effects for p in e.ratios})
+    rows = [[e.server] + [f"{e.median(p):.1%} ({len(e.ratios[p])})" if p in e.ratios
+                          else NOT_APPLICABLE for p in positions] for e in effects]
+    return ["Run order: each run's goodput as a share of its cell's median goodput, median by "
+            "position in its repeat's (rotated) order, with the number of runs. A position effect "
+            f"above {POSITION_EFFECT:.0%} beyond the spread is listed among the findings.", "",
+            table(["server"] + [f"position {p}" for p in positions], rows), ""]
+
+
+def _runs(summary: Summary, configs: list[Config]) -> list[str]:
+    out = ["## Runs", ""]
+    positioned = any(r.position is not None for r in summary.results.runs)
+    header = (["server", "repeat"] + (["position"] if positioned else [])
+              + ["goodput (2xx/s)", "all responses/s", "server CPU µs/req", "server cores used",
+                 "valid"])
+    for config in configs:
+        cells = summary.servers_in(config) + summary.references_for(config)
+        by_key = {r.key: r for c in cells for r in (*c.runs, *c.invalid_runs)}
+        runs = sorted(by_key.values(), key=lambda r: (
+            r.repeat, r.position if r.position is not None else -1, r.server))
+        rows = []
+        for run in runs:
+            cpu, cores = run.cpu_us_per_req("server"), run.cores_used("server")
+            rows.append([run.server, str(run.repeat)]
+                        + ([str(run.position) if run.position is not None else NOT_RECORDED]
+                           if positioned else [])
+                        + [num(run.goodput_rps), num(run.rps),
+                           _run_figure(run, cpu), _run_figure(run, cores),
+                           "yes" if run.valid else "no: " + "; ".join(run.invalid_reasons)])
+        out += [f"### {config.label}", "", table(header, rows, align="l" + "r" * (len(header) - 2)
+                                                 + "l"), ""]
+    return out
+
+
+def _run_figure(run, value: float | None) -> str:
+    if value is not None:
+        return num(value)
+    return NOT_APPLICABLE if run.is_reference else NOT_RECORDED  # a reference has no server
+
+
+def _findings(summary: Summary) -> list[str]:
+    out = ["## Findings", ""]
+    if not summary.findings:
         return out + ["None: no errors, no non-2xx responses, no saturated load generator, "
-                      "spread within 10%.", ""]
-    ordered = sorted(summary.warnings, key=lambda w: (w.where != "machine", w.where, w.source))
+                      f"spread within {SPREAD_WARNING:.0%}, no position effect, equal response "
+                      "sizes, no server above the database ceiling.", ""]
+    ordered = sorted(summary.findings, key=lambda w: (w.where != "machine", w.where, w.source))
     out += [f"- [{w.source}] {w.where}: {w.text}" for w in ordered]
     return out + [""]
 
@@ -477,21 +763,33 @@ def _compare_value(stat: Stat) -> str:
     return with_spread(stat) + (MEDIAN_MARK if stat.how == "median-of-runs" else "")
 
 
+def calibration_table(a: Results, b: Results) -> str:
+    ca, cb, ratios = calibration(a), calibration(b), calibration_ratios(a, b)
+    rows = [[label, num(ca[key]) if ca[key] else NOT_RECORDED,
+             num(cb[key]) if cb[key] else NOT_RECORDED,
+             f"{ratios[key]:.3f}" if ratios[key] else NOT_RECORDED]
+            for key, label in CALIBRATION_KEYS]
+    return table(["machine calibration", "A", "B", "B/A"], rows)
+
+
 def render_compare(a: Summary, b: Summary, rows: list[CompareRow], only_a: list[str],
                    only_b: list[str]) -> str:
     out = ["# compare: B/A", "", f"A = {a.results.path}", f"B = {b.results.path}", "",
-           "B/A is the ratio of the printed values (medians, pooled means or merged percentiles, "
-           "as in the report); the range pairs any repeat of A with any repeat of B; a "
-           "difference is significant when the two ranges over repeats do not overlap. "
-           f"{MEDIAN_MARK} marks a percentile that is a median over runs (no histogram).", ""]
+           "B/A is the ratio of the printed values (medians over valid repeats, pooled means or "
+           "merged percentiles, as in the report); the range pairs any repeat of A with any repeat "
+           "of B; a difference is significant when the two ranges over repeats do not overlap. "
+           f"{MEDIAN_MARK} marks a percentile that is a median over runs (no histogram).", "",
+           "How fast each machine was that day: CPU per request and throughput move with it, so "
+           "a B/A near the calibration's B/A is the machine, not the code.", "",
+           calibration_table(a.results, b.results), ""]
     settings_a, settings_b = settings_of(a), settings_of(b)
     differ = [f"{attr} (A: {_values(settings_a[attr])}; B: {_values(settings_b[attr])})"
               for attr in settings_a if settings_a[attr] != settings_b[attr]]
     if differ:
         out += ["**Settings differ**, so part of any difference comes from them: "
                 + ", ".join(differ) + ".", ""]
-    if a.warnings or b.warnings:
-        out += [f"A has {len(a.warnings)} warning(s), B {len(b.warnings)}: their reports list "
+    if a.findings or b.findings:
+        out += [f"A has {len(a.findings)} finding(s), B {len(b.findings)}: their reports list "
                 f"them.", ""]
     body = []
     for row in rows:

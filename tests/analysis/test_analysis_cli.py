@@ -8,7 +8,7 @@ import sys
 from analysis.aggregate import summarize
 from analysis.format import detail_configs, render_report
 from analysis.load import load_results
-from analysis_testlib import FIXTURES, ROOT, read_records, write_records
+from analysis_testlib import FIXTURES, ROOT, read_records, section, write_records
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -33,8 +33,7 @@ def test_report_all_tabulates_every_sweep_configuration():
     summary = summarize(load_results(FIXTURES / "sweep"))
     for all_configs, expected in ((True, 16), (False, 4)):
         report = render_report(summary, detail_configs(summary, all_configs), {})
-        headline = report[report.index("## Headline"):report.index("## Latency percentiles")]
-        assert headline.count("\n### ") == expected
+        assert section(report, "## Headline").count("\n### ") == expected
 
 
 def scaled_copy(tmp_path, factor: float, drop: str | None = None):
@@ -42,6 +41,7 @@ def scaled_copy(tmp_path, factor: float, drop: str | None = None):
     for r in records:
         if r["server"] == "py-onnx":
             r["client"]["rps"] *= factor
+            r["client"]["goodput_rps"] *= factor
     write_records(tmp_path / "b", records)
     return tmp_path / "b"
 
@@ -51,11 +51,11 @@ def test_compare_prints_ratios_with_spread_and_significance(tmp_path):
     result = run_cli("compare", str(FIXTURES / "hand"), str(b))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    rows = [line for line in out.splitlines() if "| py-onnx | requests/s |" in line]
+    rows = [line for line in out.splitlines() if "| py-onnx | goodput (2xx/s) |" in line]
     assert len(rows) == 1
     # A 2,400-2,600, B 2,640-2,860: ratio 1.100, range 2640/2600 - 2860/2400, no overlap
     assert "| 2,500 ±4% | 2,750 ±4% | 1.100 | 1.015–1.192 | yes |" in rows[0]
-    candle = [line for line in out.splitlines() if "| candle | requests/s |" in line][0]
+    candle = [line for line in out.splitlines() if "| candle | goodput (2xx/s) |" in line][0]
     assert "| 1.000 |" in candle and candle.endswith("| no (ranges overlap) |")
     assert "Only in A: py-torch (10 items/request, concurrency 32)" in out
     # percentiles that are medians over runs are marked as such
@@ -71,7 +71,7 @@ def test_compare_says_when_settings_differ(tmp_path):
     out = run_cli("compare", str(FIXTURES / "hand"), str(tmp_path / "b")).stdout
     assert ("**Settings differ**, so part of any difference comes from them: duration_s "
             "(A: 10; B: 30).") in out
-    assert "A has 1 warning(s), B 2" in out  # the 503 note; B also lacks env.json
+    assert "A has 1 finding(s), B 2" in out  # the 503 note; B also lacks env.json
 
 
 def test_compare_needs_two_folders():
@@ -85,5 +85,5 @@ def test_compare_refuses_unknown_schema_in_either_folder():
     result = run_cli("compare", str(FIXTURES / "hand"), str(FIXTURES / "bad_schema"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "schema 2 is not supported" in result.stderr
+    assert "schema 3 is not supported" in result.stderr
 

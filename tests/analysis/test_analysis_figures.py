@@ -15,7 +15,7 @@ from analysis.load import Config, load_results
 from analysis_testlib import FIXTURES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-UNIT = re.compile(r"µs|ms|requests/s|connections|items per request")
+UNIT = re.compile(r"µs|ms|responses/s|connections|items per request")
 
 
 def check_png(path) -> None:
@@ -70,7 +70,7 @@ def test_bar_figures_label_their_units(sweep):
     config = Config("rank", 10, 64)
     cells = sweep.servers_in(config)
     for fig in (figures.stage_figure(config, cells),
-                figures.cpu_figure(config, cells + [sweep.ceiling_for(config)])):
+                figures.cpu_figure(config, cells + sweep.references_for(config))):
         for ax in axes_of(fig):
             assert UNIT.search(ax.get_xlabel()), ax.get_xlabel()
             assert ax.get_title()

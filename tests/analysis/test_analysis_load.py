@@ -30,10 +30,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 def test_unknown_schema_is_refused(results_copy):
     folder = results_copy("bad_schema")
-    with pytest.raises(ResultsError, match=r"runs\.jsonl:1: schema 2 is not supported"):
+    with pytest.raises(ResultsError, match=r"runs\.jsonl:1: schema 3 is not supported"):
         load_results(folder)
     result = run_cli("report", str(folder))
-    assert_one_line_error(result, "schema 2 is not supported", "schema 1")
+    assert_one_line_error(result, "schema 3 is not supported", "schema 1, 2")
     assert not (folder / "report.md").exists()
 
 
@@ -123,14 +123,15 @@ def test_additions_to_the_schema_are_tolerated(tmp_path):
     (run,) = load_results(tmp_path / "r").runs
     assert run.record["pinning"] == {"server": [0], "db": [1]}
     assert run.resources["server"] == {"cpu_s": 9.2, "cpu_us_per_req": pytest.approx(368.0),
-                                       "rss_peak_mb": 180.2}
+                                       "rss_peak_mb": 180.2, "cores_used": 0.92, "user_s": 7.36,
+                                       "system_s": 1.84}
 
 
 def test_runs_are_keyed_not_positional(results_copy):
     results = load_results(FIXTURES / "hand")
     keys = {run.key for run in results.runs}
     assert ("py-onnx", "rank", 10, 32, 2) in keys
-    assert len(keys) == len(results.runs) == 18
+    assert len(keys) == len(results.runs) == 21
 
 
 def test_latest_symlink_reports_the_real_folder(results_copy, tmp_path):

@@ -14,7 +14,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from analysis import write_report
-from analysis.aggregate import PERCENTILES, summarize
+from analysis.aggregate import summarize
+from analysis.summaries import PERCENTILES
 from analysis.format import num
 from analysis.load import Config, load_results
 from analysis_testlib import FIXTURES, read_records, section, table_cell, write_records
@@ -74,7 +75,7 @@ def build(tmp_path_factory, encode) -> tuple:
         ordered = np.sort(samples)
         record = copy.deepcopy(base[repeat])
         record["client"].update(
-            requests=n, rps=n / 10.0, histogram=encode(samples),
+            requests=n, rps=n / 10.0, ok=n, goodput_rps=n / 10.0, histogram=encode(samples),
             latency_us={"mean": float(samples.mean()), "stdev": float(samples.std()),
                         "max": float(ordered[-1]),
                         **{f"p{p:g}": wrk_percentile(ordered, p)
@@ -170,7 +171,7 @@ def test_a_repeat_without_histogram_falls_back_and_says_so(raw, tmp_path):
     assert not cell.latency_merged
     assert cell.latency_us[99].how == "median-of-runs"
     assert cell.latency_us[66] is None  # wrk does not report it: n/a, never interpolated
-    assert any("only 2 of 3 repeats carry a latency histogram" in w.text for w in summary.warnings)
+    assert any("only 2 of 3 repeats carry a latency histogram" in w.text for w in summary.findings)
 
 
 def test_histogram_count_must_match_the_requests(raw, tmp_path):
@@ -181,4 +182,4 @@ def test_histogram_count_must_match_the_requests(raw, tmp_path):
     write_records(tmp_path / "r", inflated)
     summary = summarize(load_results(tmp_path / "r"))
     assert any("latency histogram holds 20001 requests but the run counted 30000" in w.text
-               for w in summary.warnings)
+               for w in summary.findings)

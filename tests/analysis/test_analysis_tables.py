@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from analysis import write_report
-from analysis.aggregate import Stat, choose_winner, summarize
+from analysis.aggregate import summarize
+from analysis.stats import Stat, choose_winner
 from analysis.format import detail_configs, render_report
 from analysis.load import load_results
 from analysis_testlib import FIXTURES, read_records, section, table_cell, write_records
@@ -24,36 +25,49 @@ def headline(md: str) -> str:
 
 
 def test_sections_come_in_the_issue_order(hand_report):
-    order = ["## Headline", "## Latency percentiles", "## Where the time goes",
-             "## CPU cost per request", "## Python overhead", "## Environment", "## Warnings"]
-    positions = [hand_report.index(h) for h in order]
+    order = ["## Headline", "## Invalid runs", "## What each pair of servers isolates",
+             "## Latency percentiles", "## Where the time goes", "## CPU cost per request",
+             "## Language overhead: a two-step decomposition", "## Equal work on the wire",
+             "## Environment", "## Runs", "## Findings"]
+    positions = [hand_report.index("\n" + h) for h in order]
     assert positions == sorted(positions)
     assert "## Sweep" not in hand_report  # one configuration: nothing to sweep
 
 
-def test_headline_medians_spread_and_ceiling_share(hand_report):
+def test_headline_is_goodput_with_medians_spread_and_reference_shares(hand_report):
     md = headline(hand_report)
-    # py-onnx rps 2500/2400/2600: median 2500, largest deviation 100/2500 = 4%
-    assert table_cell(md, "requests/s", "py-onnx") == "2,500 ±4%"
-    assert table_cell(md, "requests/s", "py-none (floor)") == "4,000 ±2%"
-    # cores = server cpu_s / 10 s: 0.92/0.96/0.94 -> 0.94 ±2%
+    rows = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")]
+    assert rows[2:4] == ["goodput (2xx/s)", "all responses/s"]  # after the header and rule
+    # py-onnx goodput 2500/2400/2600: median 2500, largest deviation 100/2500 = 4%
+    assert table_cell(md, "goodput (2xx/s)", "py-onnx") == "2,500 ±4%"
+    assert table_cell(md, "all responses/s", "py-onnx") == "2,500 ±4%"
+    assert table_cell(md, "goodput (2xx/s)", "py-none (floor)") == "4,000 ±2%"
+    # py-torch's repeat 1 is invalid: 1500 and 1550 remain, median 1525, 25/1525 = 1.6%
+    assert table_cell(md, "goodput (2xx/s)", "py-torch") == "1,525 ±2%"
+    # cores used = server cpu_s / 10 s load window: 0.92/0.96/0.94 -> 0.94 ±2%
     assert table_cell(md, "server CPU (cores used)", "py-onnx") == "0.94 ±2%"
     assert table_cell(md, "server peak RSS (MB)", "candle") == "38.2 ±1%"  # 38.0/38.5/38.25
     # no histograms: p99 = median of 30000/33000/29000 us = 30.0 ms, ±10%
     assert table_cell(md, "p99 latency (ms)", "py-onnx") == "30.0 ±10%"
     # 2500 / 12000 (ceiling median) = 20.8%; repeats paired by round: 2400/12500 = 19.2%,
     # 2600/11800 = 22.0%: ±8%
-    assert table_cell(md, "share of db-ceiling", "py-onnx") == "21% ±8%"
-    assert table_cell(md, "share of db-ceiling", "candle-no-model (floor)") == "67% ±3%"
-    assert "db-ceiling: 12,000 ±4% transactions/s (pgbench" in md
+    assert table_cell(md, "share of database ceiling", "py-onnx") == "21% ±8%"
+    # py-torch over its valid repeats: 1525/12000 = 12.7%; 1500/12000, 1550/11800: ±3%
+    assert table_cell(md, "share of database ceiling", "py-torch") == "13% ±3%"
+    # pgbench's text results make it a lower reference: candle-no-model at 8000/7000 = 114%
+    assert table_cell(md, "share of pgbench reference", "candle-no-model (floor)") == "114% ±2%"
+    assert ("database ceiling (the servers' own database work, no HTTP, no model): 12,000 ±4% "
+            "transactions/s (rankbench-ceiling, 8 connections).") in md
+    assert "pgbench reference (text results): 7,000 ±3% transactions/s (pgbench" in md
 
 
 def test_headline_winner_only_outside_the_spread(hand_report):
     md = headline(hand_report)
-    assert table_cell(md, "requests/s", "winner") == "candle"
-    # candle 0.885-0.93 cores overlaps py-onnx 0.92-0.96 and py-torch 0.928-0.992
+    assert table_cell(md, "goodput (2xx/s)", "winner") == "candle"
+    assert table_cell(md, "all responses/s", "winner") == "—"  # goodput is what wins
+    # candle 0.885-0.93 cores overlaps py-onnx 0.92-0.96; py-torch 0.96-0.992 does not
     assert table_cell(md, "server CPU (cores used)", "winner") == \
-        "not significant (candle ≈ py-onnx ≈ py-torch)"
+        "not significant (candle ≈ py-onnx)"
     # floors are not contestants even when they are faster
     assert table_cell(md, "p99 latency (ms)", "winner") == "candle"
 
@@ -63,9 +77,14 @@ def test_latency_table_marks_medians_and_never_interpolates(hand_report):
     assert table_cell(md, "py-onnx", "50%") == "12.0*"
     assert table_cell(md, "py-onnx", "99.9%") == "45.0*"
     for missing in ("66%", "80%", "98%"):
-        assert table_cell(md, "py-onnx", missing) == "n/a"
+        assert table_cell(md, "py-onnx", missing) == "n/a¹"
+    assert ("n/a¹: wrk reports 50/75/90/95/99/99.9/99.99% and the maximum; this percentile needs "
+            "a latency histogram and is not interpolated.") in md
     assert table_cell(md, "py-onnx", "100%") == "70.0"  # max of 60/70/65 ms, exact, unmarked
     assert table_cell(md, "py-onnx", "from") == "median of 3 runs*"
+    # the invalid repeat is left out: p99 median of 36.0 and 35.0 ms
+    assert table_cell(md, "py-torch", "99%") == "35.5*"
+    assert table_cell(md, "py-torch", "from") == "median of 2 runs*"
     assert "* Median over repeats of each run's own percentile" in md
 
 
@@ -78,11 +97,10 @@ def test_stage_breakdown_is_pooled_and_adds_up(hand_report):
     assert table_cell(md, "py-onnx", "rest of handler") == "25.0"
     # client mean 12800 - 9149.95 = 3650
     assert table_cell(md, "py-onnx", "outside handler") == "3,650"
-    # db 12000/12400/11700 over 15000/14500/15500 requests = 541,150,000 / 45,000 = 12025.6
-    assert table_cell(md, "py-torch", "db") == "12,026"
-    # the floors have no model stages
-    assert table_cell(md, "py-none (floor)", "infer") == "—"
-    assert table_cell(md, "py-none (floor)", "pre") == "—"
+    # db of the valid repeats, 12000 and 11700 us over 15000 and 15500 requests:
+    # 361,350,000 / 30,500 = 11847.5
+    assert table_cell(md, "py-torch", "db") == "11,848"
+    assert table_cell(md, "py-none (floor)", "infer") == "1.00"
     assert "![stage breakdown, 10 items/request, concurrency 32](stages_rank_n10_c32.png)" in md
 
 
@@ -93,32 +111,17 @@ def test_cpu_per_request_table(hand_report):
     assert table_cell(md, "py-onnx", "database µs/req") == "180 ±0%"
     assert table_cell(md, "py-onnx", "total µs/req") == "616"
     assert table_cell(md, "py-none (floor)", "server µs/req") == "230 ±0%"  # 27.6 s / 120,000
-    assert table_cell(md, "db-ceiling (pgbench)", "server µs/req") == "—"
-    assert table_cell(md, "db-ceiling (pgbench)", "total µs/req") == "190"
-
-
-def test_python_overhead_sentences_and_table(hand_report):
-    md = section(hand_report, "## Python overhead")
-    # 376 - 150 = 226 us; infer 54.95 - 20 = 34.9; elsewhere 226 - (11 + 27 + 34.95 + 22) = 131
-    # (the rest of the handler is not counted as CPU: in asyncio it includes event-loop waits)
-    assert ("**py-onnx** uses 376 µs of server CPU per request, 226 µs more than candle (2.5×): "
-            "infer +34.9, pre +27.0, post +22.0, parse +11.0, +131 µs outside those stages.") in md
-    assert "**py-onnx** against its own floor py-none: the model path costs 146 µs more" in md
-    assert ("**py-none**, Python's DB+HTTP floor, uses 130 µs more server CPU per request than "
-            "candle-no-model, Rust's (2.3×): parse +10.0, post +10.0, +110 µs outside those "
-            "stages.") in md
-    vs_candle, vs_floor = "py-torch / candle (Rust reference)", "py-torch / py-none (own floor)"
-    assert table_cell(md, vs_candle, "Δ µs/req") == "+490"
-    assert table_cell(md, vs_candle, "Δ infer") == "+240"
-    assert table_cell(md, vs_candle, "ratio") == "4.27×"
-    assert table_cell(md, vs_floor, "Δ µs/req") == "+410"
-    assert table_cell(md, vs_floor, "Δ infer") == "+260"  # py-none has no infer stage
-    assert table_cell(md, vs_floor, "Δ elsewhere") == "+101"  # 410 - (1 + 35 + 260 + 13)
-    assert table_cell(md, "py-onnx / candle (Rust reference)", "significant") == "yes"
+    # a reference has no HTTP server: not applicable, not "not measured", and not in the sum
+    ceiling = "db-ceiling (rankbench-ceiling)"
+    assert table_cell(md, ceiling, "server µs/req") == "—"
+    assert table_cell(md, ceiling, "total µs/req") == "190"
+    assert table_cell(md, "db-ceiling-pgbench (pgbench)", "total µs/req") == "255"
+    assert "machine-independent" not in hand_report
+    assert "comparable only as ratios between servers of one results folder" in md
 
 
 def test_harness_warnings_are_listed_as_written(hand_report):
-    md = section(hand_report, "## Warnings")
+    md = section(hand_report, "## Findings")
     where = "py-torch (10 items/request, concurrency 32, repeat 1)"
     assert f"- [harness] {where}: 3 responses with status 503 (database unavailable)" in md
     # the harness looked at this run: its wording stands, nothing is said twice
@@ -131,7 +134,7 @@ def test_runs_without_harness_warnings_are_checked_here(tmp_path):
         if r["server"] == "py-torch" and r["repeat"] == 1:
             r["warnings"] = []  # e.g. written by a harness that does not check
     write_records(tmp_path / "r", records)
-    md = section(write_report(tmp_path / "r").read_text(), "## Warnings")
+    md = section(write_report(tmp_path / "r").read_text(), "## Findings")
     where = "py-torch (10 items/request, concurrency 32, repeat 1)"
     assert f"- [analysis] {where}: 3 client errors (status 3)" in md
     assert f"- [analysis] {where}: 3 responses were not 2xx" in md
@@ -141,12 +144,12 @@ def test_spread_above_ten_percent_and_saturated_wrk_are_warned(tmp_path):
     records = read_records(FIXTURES / "hand")
     for r in records:
         if r["server"] == "candle" and r["repeat"] == 2:
-            r["client"]["rps"] = 4800.0  # median 6000: -20%
+            r["client"]["goodput_rps"] = 4800.0  # median 6000: -20%
         if r["server"] == "py-onnx" and r["repeat"] == 0:
-            r["resources"]["load"]["cpu_s"] = 9.5  # 0.95 cores over 10 s
+            r["resources"]["load"]["cores_used"] = 0.95
     write_records(tmp_path / "r", records)
     md = write_report(tmp_path / "r").read_text()
-    assert ("candle (10 items/request, concurrency 32): requests/s varies by ±20% over 3 "
+    assert ("candle (10 items/request, concurrency 32): goodput varies by ±20% over 3 "
             "repeats") in md
     assert ("py-onnx (10 items/request, concurrency 32, repeat 0): the load generator (wrk) used "
             "95% of a core per thread") in md
@@ -159,7 +162,7 @@ def test_unequal_settings_are_flagged(tmp_path):
             r["workers"] = 2
     write_records(tmp_path / "r", records)
     summary = summarize(load_results(tmp_path / "r"))
-    texts = [w.text for w in summary.warnings]
+    texts = [w.text for w in summary.findings]
     assert any(t.startswith("servers ran with different workers (workers=1: ") and
                "workers=2: candle" in t for t in texts), texts
 
@@ -167,7 +170,8 @@ def test_unequal_settings_are_flagged(tmp_path):
 def test_single_runs_never_declare_significance():
     summary = summarize(load_results(FIXTURES / "sweep"))
     md = render_report(summary, detail_configs(summary, all_configs=False), {})
-    assert table_cell(headline(md), "requests/s", "winner") == "candle (single run: spread unknown)"
+    assert table_cell(headline(md), "goodput (2xx/s)", "winner") == \
+        "candle (single run: spread unknown)"
     assert "Single runs only: run-to-run spread is unknown" in md
     # a sweep keeps tables to the highest concurrency and says so
     assert "Tables show 4 of the 16 configurations" in md
@@ -194,7 +198,7 @@ def test_choose_winner_ties_and_direction():
     assert choose_winner([("a", None)], higher_is_better=True).text == "n/a"
 
 
-def test_load_from_outside_the_benchmark_is_one_warning(tmp_path):
+def test_load_from_outside_the_benchmark_is_one_finding(tmp_path):
     """Records with the machine's busy CPU time: what no benchmark process accounts for is load
     from elsewhere, summarised in one line (runs affected, median and worst)."""
     records = read_records(FIXTURES / "hand")
@@ -203,12 +207,14 @@ def test_load_from_outside_the_benchmark_is_one_warning(tmp_path):
         extra = 6.0 if (r["server"], r["repeat"]) == ("candle", 2) else 0.5
         r["resources"]["machine"] = {"busy_cpu_s": ours + 0.4 + extra, "cores": 2}
         r["resources"]["db_foreign"] = {"cpu_s": 0.4}  # someone else's queries: foreign too
+        r["resources"]["harness"] = {"cpu_s": 0.0, "window_s": 10.0}
     write_records(tmp_path / "r", records)
     summary = summarize(load_results(tmp_path / "r"))
-    texts = [w.text for w in summary.warnings if w.where == "machine"]
-    # 0.5 + 0.4 CPU s over 10 s = 0.09 cores: below 0.10 except the disturbed run (0.64 cores)
-    assert texts == ["processes outside the benchmark used more than 0.10 cores during 1 of 18 "
-                     "runs (median 0.64 cores, up to 0.64 (32% of the machine) in candle (10 "
+    texts = [w.text for w in summary.findings if w.where == "machine"]
+    # (0.5 + 0.4) CPU s over the 10 s window = 0.09 cores, below 10% of 2 cores, except the
+    # disturbed run: 6.4 CPU s = 0.64 cores
+    assert texts == ["processes outside the benchmark used more than 10% of the machine during 1 "
+                     "of 21 runs (median 0.64 cores, up to 0.64 (32% of the machine) in candle (10 "
                      "items/request, concurrency 32, repeat 2)): those figures are disturbed by an "
                      "unknown amount; rerun on a quiet machine before trusting them"]
 
@@ -224,10 +230,16 @@ def test_minimal_records_still_make_a_report(tmp_path):
         r["client"] = {k: r["client"][k] for k in ("tool", "requests", "rps")}
     write_records(tmp_path / "r", records)
     md = write_report(tmp_path / "r").read_text()
-    assert table_cell(section(md, "## Latency percentiles"), "candle", "99%") == "n/a"
+    latency = section(md, "## Latency percentiles")
+    assert table_cell(latency, "candle", "99%") == "n/a¹"
+    assert "n/a¹: the run records hold no latency figures." in latency
     assert table_cell(section(md, "## Where the time goes"), "candle", "parse") == \
         "no stage figures recorded"
-    assert table_cell(section(md, "## CPU cost per request"), "candle", "server µs/req") == "—"
+    cpu = section(md, "## CPU cost per request")
+    assert table_cell(cpu, "candle", "server µs/req") == "n/a¹"
+    assert table_cell(cpu, "candle", "total µs/req") == "n/a⁴"  # never a sum of what is left
+    assert "n/a¹: the run records hold no server CPU time." in cpu
+    assert "n/a⁴: a part of the sum is n/a, so the sum is unknown." in cpu
     assert "env.json was not recorded" in md
     assert not list((tmp_path / "r").glob("*.png"))
 
