@@ -679,9 +679,10 @@ def _server_facets(summary: Summary) -> list[str]:
 
 def _variation(summary: Summary, configs: list[Config]) -> list[str]:
     cells = [c for cfg in configs for c in summary.servers_in(cfg) if len(c.runs) > 1]
+    out = ["## Variation and run order", ""]
     if not cells:
-        out = ["Single runs only: run-to-run spread is unknown, so no difference is marked "
-               "significant.", ""]
+        out += ["Single runs only: run-to-run spread is unknown, so no difference is marked "
+                "significant.", ""]
     else:
         rows = []
         for cell in cells:
@@ -689,7 +690,7 @@ def _variation(summary: Summary, configs: list[Config]) -> list[str]:
                 return NOT_RECORDED if stat is None or stat.cv is None else f"{stat.cv:.1%}"
             rows.append([cell.server, cell.config.label, str(len(cell.runs)), cv(cell.goodput),
                          cv(cell.latency_us.get(99)), cv(cell.cpu_us_per_req.get("server"))])
-        out = ["Run-to-run variation (coefficient of variation over valid repeats):", "",
+        out += ["Run-to-run variation (coefficient of variation over valid repeats):", "",
                table(["server", "configuration", "runs", "goodput", "p99", "server CPU/req"],
                      rows, align="llrrrr"), ""]
     return out + _positions(summary)

@@ -28,7 +28,7 @@ def test_sections_come_in_the_issue_order(hand_report):
     order = ["## Headline", "## Invalid runs", "## What each pair of servers isolates",
              "## Latency percentiles", "## Where the time goes", "## CPU cost per request",
              "## Language overhead: a two-step decomposition", "## Equal work on the wire",
-             "## Environment", "## Runs", "## Findings"]
+             "## Environment", "## Variation and run order", "## Runs", "## Findings"]
     positions = [hand_report.index("\n" + h) for h in order]
     assert positions == sorted(positions)
     assert "## Sweep" not in hand_report  # one configuration: nothing to sweep
