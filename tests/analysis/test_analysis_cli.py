@@ -1,7 +1,9 @@
 """`python -m analysis report` and `python -m analysis compare` as a user runs them."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -87,3 +89,25 @@ def test_compare_refuses_unknown_schema_in_either_folder():
     assert len(result.stderr.strip().splitlines()) == 1
     assert "schema 3 is not supported" in result.stderr
 
+
+
+def test_compare_shows_each_days_calibration_and_their_ratio(tmp_path):
+    """B's machine was slower that day: 30 vs 25 ns per Python loop iteration (B/A 1.200), 0.55 vs
+    0.5 ns per native one (1.100). A schema 1 folder has no calibration: n/a, never 0."""
+    b = tmp_path / "b"
+    shutil.copytree(FIXTURES / "hand", b)
+    env = json.loads((b / "env.json").read_text())
+    env["calibration"].update(python_ns_per_iter=30.0, native_ns_per_iter=0.55)
+    (b / "env.json").write_text(json.dumps(env))
+    out = run_cli("compare", str(FIXTURES / "hand"), str(b)).stdout
+    assert "| python loop (ns/iter) | 25.0 | 30.0 | 1.200 |" in out
+    assert "| native loop (ns/iter) | 0.50 | 0.55 | 1.100 |" in out
+    old = run_cli("compare", str(FIXTURES / "recorded_quick"), str(b)).stdout
+    assert "| python loop (ns/iter) | n/a | 30.0 | n/a |" in old
+
+
+def test_report_shows_the_calibration(results_copy):
+    md = (results_copy("hand") / "report.md")
+    run_cli("report", str(md.parent))
+    assert ("Machine calibration, measured 2026-11-29T14:58:00Z: python loop (ns/iter) 25.0, native "
+            "loop (ns/iter) 0.50") in md.read_text()

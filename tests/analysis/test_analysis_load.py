@@ -163,3 +163,24 @@ def test_results_without_any_http_server_are_refused(tmp_path):
     write_records(tmp_path / "r", records)
     assert_one_line_error(run_cli("report", str(tmp_path / "r")),
                           "nothing to report: no HTTP server was measured (runs of: db-ceiling)")
+
+
+def test_facets_from_env_json_then_the_registry_then_unknown():
+    from analysis.load import server_facts
+    # schema 2: env.json's facets as written, even where the registry would say otherwise
+    env = {"servers": {"py-onnx": {"name": "py-onnx", "language": "python", "http": "aiohttp",
+                                   "runtime": "onnxruntime", "interpreter": "cpython-3.13",
+                                   "variant": "per-request", "role": "model", "floor": "py-none",
+                                   "real_scores": True}}}
+    facts = server_facts("py-onnx", env)
+    assert (facts.source, facts.get("http"), facts.get("interpreter")) == \
+        ("env.json", "aiohttp", "cpython-3.13")
+    # schema 1: env.json had language and backend only; the rest comes from the registry by name
+    facts = server_facts("candle", {"servers": {"candle": {"language": "rust", "backend": "candle"}}})
+    assert facts.source == "env.json + registry"
+    assert (facts.get("runtime"), facts.get("floor"), facts.role) == \
+        ("candle", "candle-no-model", "model")
+    assert "language" not in facts.from_registry and "runtime" in facts.from_registry
+    assert server_facts("candle", None).source == "registry"
+    unknown = server_facts("py-experimental", None)
+    assert not unknown.known and unknown.source == "unknown" and unknown.role is None

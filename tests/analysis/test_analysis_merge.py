@@ -183,3 +183,34 @@ def test_histogram_count_must_match_the_requests(raw, tmp_path):
     summary = summarize(load_results(tmp_path / "r"))
     assert any("latency histogram holds 20001 requests but the run counted 30000" in w.text
                for w in summary.findings)
+
+
+def test_stage_percentiles_come_from_merged_stage_histograms(tmp_path):
+    """Schema 2 records carry each stage's histogram. Two repeats of 100 requests: infer took 10 us
+    98 times and 100 us twice, then 20 us 100 times. The p99 of all 200 requests is the value of
+    rank floor(0.99 * 200 + 1) = 199: 98 values of 10, 100 of 20, then 100: 100 us. The median of
+    the runs' own p99s (100 and 20) would say 60 us, a latency no request had."""
+    base = [r for r in read_records(FIXTURES / "hand") if r["server"] == "py-onnx"][:2]
+    for record, histogram in zip(base, ([[10, 98], [100, 2]], [[20, 100]])):
+        for stage in record["stages"].values():
+            stage.update(count=100, sum_us=stage["mean_us"] * 100)
+        record["stages"]["infer"].update(histogram=histogram, p99_us=histogram[-1][0],
+                                         sum_us=sum(v * c for v, c in histogram))
+    write_records(tmp_path / "r", base)
+    cell = summarize(load_results(tmp_path / "r")).cells[(CONFIG, "py-onnx")]
+    stat = cell.stage_p99_us["infer"]
+    assert (stat.value, stat.how, stat.values) == (100, "merged", (100, 20))
+    assert cell.stage_p99_us["db"].how == "median-of-runs"  # no histogram: marked as such
+    md = section(write_report(tmp_path / "r").read_text(), "## Where the time goes")
+    assert table_cell(md, "py-onnx", "infer", index=1) == "100"    # the p99 table, unmarked
+    assert table_cell(md, "py-onnx", "db", index=1).endswith("*")
+
+
+def test_a_stage_histogram_missing_in_one_repeat_is_said(tmp_path):
+    base = [r for r in read_records(FIXTURES / "hand") if r["server"] == "py-onnx"][:2]
+    base[0]["stages"]["infer"]["histogram"] = [[55, base[0]["stages"]["infer"]["count"]]]
+    write_records(tmp_path / "r", base)
+    summary = summarize(load_results(tmp_path / "r"))
+    assert summary.cells[(CONFIG, "py-onnx")].stage_p99_us["infer"].how == "median-of-runs"
+    assert any("only 1 of 2 repeats carry a histogram of stage infer" in f.text
+               for f in summary.findings)
