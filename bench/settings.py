@@ -35,6 +35,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "CI smoke test: one repeat, 10 items, concurrency 32, 3 s after 1 s warm-up"),
     Profile("sweep", (1, 10, 100, 1000), (1, 4, 16, 64), 1, 10, 3,
             "concurrency 1/4/16/64 x items 1/10/100/1000, one repeat, 10 s after 3 s warm-up"),
+    Profile("ladder", (10, 100), (32, 10), 3, 10, 5,
+            "issue 13's rungs from the published stack to Candle (make bench-ladder names them: "
+            "seed-torch, seed-onnx, seed-onnx-1t, fastapi-onnx, py-onnx, py-candle, candle), "
+            "10 and 100 items, concurrency 32 and the study's load shape (10 closed-loop "
+            "connections, like its 10 Locust users), 3 interleaved repeats, 10 s after 5 s warm-up"),
 )}
 
 # Environment variable -> settings field. Flags with the same meaning win over these.

@@ -119,11 +119,22 @@ def rust_server(binary: Path, *flags: str) -> Callable[[list[str]], list[str]]:
     return lambda common: [str(binary), *common, *flags]
 
 
+def framework_server(stack: str, backend: str, *flags: str, python: str = sys.executable
+                     ) -> Callable[[list[str]], list[str]]:
+    """framework_servers: FastAPI + uvicorn (`--stack seed`: the published stack)."""
+    return lambda common: [python, "-m", "framework_servers", "--stack", stack,
+                           "--backend", backend, *common, *flags]
+
+
 _PY = dict(language="python", http="uvloop-httptools", interpreter=_interpreter_facet())
 _RUST = dict(language="rust", http="actix", interpreter=None,
              prerequisites=(Prerequisite("file", str(CANDLE_BINARY), "make build"),),
              startup_timeout_s=30.0)
 _PY_CANDLE_EXT = Prerequisite("module", "rankbench_candle", "make build")
+PUBLISHED_STACK = "published-stack"
+_FRAMEWORK = dict(language="python", http="fastapi-uvicorn", interpreter=_interpreter_facet(),
+                  prerequisites=tuple(Prerequisite("module", m, "make setup")
+                                      for m in ("fastapi", "uvicorn", "sqlalchemy", "psycopg")))
 
 REGISTRY: tuple[ServerSpec, ...] = (
     ServerSpec("py-torch", runtime="torch", backend="torch", default_port=8001, floor="py-none",
@@ -140,6 +151,28 @@ REGISTRY: tuple[ServerSpec, ...] = (
     ServerSpec("candle-no-model", runtime=NO_MODEL, backend="none", default_port=8006,
                build_command=rust_server(CANDLE_BINARY, "--no-model"),
                notes="the DB-and-HTTP floor", **_RUST),
+    # The published study's stack and the rungs from it down to py-onnx (issue 13).
+    ServerSpec("seed-torch", runtime="torch", backend="torch", default_port=8011,
+               variant=PUBLISHED_STACK,
+               build_command=framework_server("seed", "torch", "--access-log"),
+               notes="the published stack: sync def + thread pool, SQLAlchemy ORM (two sessions), "
+                     "pydantic, GZip, Security dependency, default runtime threads, torch.sigmoid",
+               **_FRAMEWORK, startup_timeout_s=120.0),
+    ServerSpec("seed-onnx", runtime="onnxruntime", backend="onnx", default_port=8012,
+               variant=PUBLISHED_STACK,
+               build_command=framework_server("seed", "onnx", "--access-log"),
+               notes="the published stack with ONNX Runtime's defaults (threads = cores, spinning)",
+               **_FRAMEWORK, startup_timeout_s=120.0),
+    ServerSpec("seed-onnx-1t", runtime="onnxruntime", backend="onnx", default_port=8013,
+               variant=PUBLISHED_STACK + "-1t",
+               build_command=framework_server("seed", "onnx", "--access-log",
+                                              "--runtime-threads", "one"),
+               notes="the published stack, ONNX Runtime with one intra-op thread, no spinning",
+               **_FRAMEWORK, startup_timeout_s=120.0),
+    ServerSpec("fastapi-onnx", runtime="onnxruntime", backend="onnx", default_port=8014,
+               build_command=framework_server("fastapi", "onnx"),
+               notes="FastAPI + uvicorn alone: async def, py_servers' asyncpg code, orjson, "
+                     "one intra-op thread", **_FRAMEWORK),
 )
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}

@@ -1,0 +1,3 @@
+from framework_servers.main import main
+
+raise SystemExit(main())
