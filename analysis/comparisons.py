@@ -172,6 +172,7 @@ class Metric:
     has_winner: bool = True
     needs: str | None = None      # a reference the metric needs (CEILING, PGBENCH)
     missing: str = "not in the run records"   # why a cell is n/a
+    share: bool = False                       # a fraction, printed as a percentage
 
 
 def _latency_ms(p: float) -> Callable[[Summary, ServerSummary], Stat | None]:
@@ -193,9 +194,9 @@ HEADLINE_METRICS = (
     Metric("p95 latency (ms)", _latency_ms(95), False, missing=_NO_LATENCY),
     Metric("p99 latency (ms)", _latency_ms(99), False, missing=_NO_LATENCY),
     Metric("share of database ceiling", lambda s, c: s.reference_share(c, CEILING), True,
-           needs=CEILING, missing="the ceiling's goodput is 0"),
+           needs=CEILING, missing="the ceiling's goodput is 0", share=True),
     Metric("share of pgbench reference", lambda s, c: s.reference_share(c, PGBENCH), True,
-           has_winner=False, needs=PGBENCH, missing="the reference's goodput is 0"),
+           has_winner=False, needs=PGBENCH, missing="the reference's goodput is 0", share=True),
 )
 
 COMPARE_METRICS = (

@@ -263,7 +263,7 @@ def headline_table(summary: Summary, config: Config, notes: Footnotes) -> str:
     for metric in HEADLINE_METRICS:
         if metric.needs and summary.reference_for(config, metric.needs) is None:
             continue
-        render = percent if metric.name.startswith("share of") else num
+        render = percent if metric.share else num
         stats = {c.server: metric.get(summary, c) for c in cells}
         verdict = (choose_winner([(c.server, stats[c.server]) for c in contestants],
                                  metric.higher_is_better).text if metric.has_winner else
@@ -342,12 +342,12 @@ def pair_text(p: FacetPair) -> str:
     a, b = p.a.server, p.b.server
     cpu_a, cpu_b = p.a.cpu_us_per_req.get("server"), p.b.cpu_us_per_req.get("server")
     if p.cpu_delta_us is None:
-        cpu = "server CPU per request: n/a (not recorded for both)"
+        cpu = "server CPU per request: n/a (not recorded for both servers)"
     else:
         cpu = (f"server CPU per request {a} {with_spread(cpu_a)} µs vs {b} {with_spread(cpu_b)} µs, "
                f"Δ {signed(p.cpu_delta_us.value)} µs ({_verdict(p.cpu_significant)})")
     if p.goodput_ratio is None:
-        goodput = "goodput: n/a"
+        goodput = f"goodput: n/a ({b} answered no 2xx response)"
     else:
         goodput = (f"goodput {a} {with_spread(p.a.goodput)}/s vs {b} {with_spread(p.b.goodput)}/s, "
                    f"{p.goodput_ratio.value:.2f}× ({_verdict(p.goodput_significant)})")
@@ -684,15 +684,19 @@ def _variation(summary: Summary, configs: list[Config]) -> list[str]:
         out += ["Single runs only: run-to-run spread is unknown, so no difference is marked "
                 "significant.", ""]
     else:
-        rows = []
-        for cell in cells:
-            def cv(stat: Stat | None) -> str:
-                return NOT_RECORDED if stat is None or stat.cv is None else f"{stat.cv:.1%}"
-            rows.append([cell.server, cell.config.label, str(len(cell.runs)), cv(cell.goodput),
-                         cv(cell.latency_us.get(99)), cv(cell.cpu_us_per_req.get("server"))])
+        notes = Footnotes()
+
+        def cv(stat: Stat | None, what: str) -> str:
+            if stat is None:
+                return notes.na(f"the run records hold no {what}")
+            return notes.na("the mean is 0") if stat.cv is None else f"{stat.cv:.1%}"
+
+        rows = [[cell.server, cell.config.label, str(len(cell.runs)), cv(cell.goodput, "goodput"),
+                 cv(cell.latency_us.get(99), "p99 latency"),
+                 cv(cell.cpu_us_per_req.get("server"), "server CPU time")] for cell in cells]
         out += ["Run-to-run variation (coefficient of variation over valid repeats):", "",
-               table(["server", "configuration", "runs", "goodput", "p99", "server CPU/req"],
-                     rows, align="llrrrr"), ""]
+                table(["server", "configuration", "runs", "goodput", "p99", "server CPU/req"],
+                      rows, align="llrrrr"), ""] + notes.lines()
     return out + _positions(summary)
 
 
@@ -716,6 +720,7 @@ def _runs(summary: Summary, configs: list[Config]) -> list[str]:
               + ["goodput (2xx/s)", "all responses/s", "server CPU µs/req", "server cores used",
                  "valid"])
     for config in configs:
+        notes = Footnotes()
         cells = summary.servers_in(config) + summary.references_for(config)
         by_key = {r.key: r for c in cells for r in (*c.runs, *c.invalid_runs)}
         runs = sorted(by_key.values(), key=lambda r: (
@@ -724,28 +729,31 @@ def _runs(summary: Summary, configs: list[Config]) -> list[str]:
         for run in runs:
             cpu, cores = run.cpu_us_per_req("server"), run.cores_used("server")
             rows.append([run.server, str(run.repeat)]
-                        + ([str(run.position) if run.position is not None else NOT_RECORDED]
+                        + ([str(run.position) if run.position is not None else
+                            notes.na("the run record holds no position in the run order")]
                            if positioned else [])
                         + [num(run.goodput_rps), num(run.rps),
-                           _run_figure(run, cpu), _run_figure(run, cores),
+                           _run_figure(run, cpu, notes), _run_figure(run, cores, notes),
                            "yes" if run.valid else "no: " + "; ".join(run.invalid_reasons)])
         out += [f"### {config.label}", "", table(header, rows, align="l" + "r" * (len(header) - 2)
-                                                 + "l"), ""]
+                                                 + "l"), ""] + notes.lines()
     return out
 
 
-def _run_figure(run, value: float | None) -> str:
+def _run_figure(run, value: float | None, notes: Footnotes) -> str:
     if value is not None:
         return num(value)
-    return NOT_APPLICABLE if run.is_reference else NOT_RECORDED  # a reference has no server
+    if run.is_reference:
+        return NOT_APPLICABLE  # no HTTP server in a reference run
+    return notes.na("the run record holds no server CPU time")
 
 
 def _findings(summary: Summary) -> list[str]:
     out = ["## Findings", ""]
     if not summary.findings:
         return out + ["None: no errors, no non-2xx responses, no saturated load generator, "
-                      f"spread within {SPREAD_WARNING:.0%}, no position effect, equal response "
-                      "sizes, no server above the database ceiling.", ""]
+                      f"spread within {SPREAD_WARNING:.0%}, no position effect seen, no unequal "
+                      "response bodies seen, no server above the database ceiling.", ""]
     ordered = sorted(summary.findings, key=lambda w: (w.where != "machine", w.where, w.source))
     out += [f"- [{w.source}] {w.where}: {w.text}" for w in ordered]
     return out + [""]
