@@ -1,0 +1,59 @@
+"""`python -m bench.profile`: where each server's CPU goes, under the bench's own load.
+
+Every selected server runs once unprofiled and once under perf (kernel and user stacks; py-spy names
+the Python frames on CPython < 3.12), on the same process, one after the other; its sampled CPU is
+attributed to named categories (bench/profiling/rules.py) and results/<UTC stamp>-profile/ receives
+env.json, profile.jsonl, flame graphs (flame/) and profile.md (analysis/profile_report.py).
+
+Expected failures (profiling not permitted, a missing tool, a server that does not start) end with
+one line on stderr and exit 1; Ctrl-C stops every process the run started (exit 130).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+
+from bench.profiling.session import ProfileSession
+from bench.profiling.settings import resolve
+from bench.profiling.tools import ProfilerUnavailable
+from bench.serverproc import BenchError
+from bench.settings import SettingsError
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+def main(argv: list[str] | None = None, registry=None) -> int:
+    try:
+        settings, profiler, args = resolve(argv)
+    except SettingsError as exc:
+        print(f"profile: {exc}", file=sys.stderr)
+        return 2
+    session = ProfileSession(settings, profiler, registry=registry, flamegraphs=args.flamegraphs,
+                             keep_perf_data=args.keep_perf_data)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return session.run(dry_run=args.dry_run)
+    except ProfilerUnavailable as exc:
+        print(f"profile: {exc}", file=sys.stderr)
+        return 1
+    except BenchError as exc:
+        for line in exc.describe():
+            print(line.replace("bench: ", "profile: ", 1), file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        where = f"; partial results in {session.folder.path}" if session.folder else ""
+        print(f"profile: interrupted; stopped every process it had started{where}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
