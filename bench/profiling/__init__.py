@@ -9,5 +9,7 @@ Modules, in the order a run uses them:
   rules       the categories and the one table of rules that attributes a stack to one of them
   attribute   perf's samples per category, pending Python samples split with py-spy's names
   records     profile.jsonl records (pure functions)
+  dbside      `python -m bench.profiling.dbside`: PostgreSQL's side (protocol per request, CPU and
+              wake-ups per request under load, asyncpg alone at a given rate)
 The report is analysis/profile_report.py; docs/profiles.md explains the method and the findings.
 """

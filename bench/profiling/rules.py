@@ -298,8 +298,10 @@ def classify(frames: Sequence[Frame], rules: Sequence[Rule] = RULES) -> Verdict:
             continue
         return Verdict(category, frame, False)
     if in_python:
-        python_seen = any(f.kind == "python" for f in frames)
-        return Verdict(INTERPRETER if python_seen else PENDING, None, True)
+        first_python = next((f for f in frames if f.kind == "python"), None)
+        if first_python is not None:   # Python code no rule names: the interpreter running it
+            return Verdict(INTERPRETER, first_python, True)
+        return Verdict(PENDING, None, True)
     if unknown is not None:
         return Verdict(OTHER, unknown, False)
     if saw_libpython:

@@ -44,13 +44,13 @@ SETTLE_S = 0.5      # after the profilers report they sample, before the window 
 class ProfileFolder(ResultsFolder):
     """results/<UTC stamp>-profile/ with logs/, flame/ and (with --keep-perf-data) perf/."""
 
-    def __init__(self, root: Path) -> None:  # noqa: super().__init__ would make results/<stamp>/
+    def __init__(self, root: Path, suffix: str = "profile") -> None:  # not results/<stamp>/
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path, n = root / f"{stamp}-profile", 1
+        path, n = root / f"{stamp}-{suffix}", 1
         while path.exists():
             n += 1
-            path = root / f"{stamp}-profile-{n}"
+            path = root / f"{stamp}-{suffix}-{n}"
         path.mkdir()
         self.root, self.path = root, path
         self.logs = path / "logs"
