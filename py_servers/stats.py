@@ -190,10 +190,10 @@ def histogram_pairs(buckets, max_ns: int) -> list[list[int]]:
     if filled.size == 0:
         return []
     middle_ns = np.minimum(BUCKET_RATIO ** (filled + 0.5), max_ns)
-    values_us = np.floor(middle_ns / 1000 + 0.5).astype(np.int64)
-    distinct, first = np.unique(values_us, return_index=True)
+    values_us = np.floor(middle_ns / 1000 + 0.5).astype(np.int64)      # non-decreasing
+    first = np.flatnonzero(np.diff(values_us, prepend=-1))
     counts = np.add.reduceat(buckets[filled], first)
-    return [[value, count] for value, count in zip(distinct.tolist(), counts.tolist())]
+    return [[value, count] for value, count in zip(values_us[first].tolist(), counts.tolist())]
 
 
 class StatsRecorder:
