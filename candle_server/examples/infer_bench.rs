@@ -6,13 +6,14 @@
 //! buffer (`pre`), `RankNet::scores` (the `infer` stage: forward pass + copy out), the same
 //! forward pass on the weights as PyTorch lays them out (what plain `candle_nn::Linear` does),
 //! and the ops of the forward pass timed kind by kind. Set GLIBC_DEFAULT_MALLOC=1 to time with
-//! glibc's default malloc thresholds instead of the server's (`keep_freed_memory` in main.rs).
+//! glibc's default malloc thresholds instead of the server's (`runtime::keep_freed_memory`).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_server::model::{self, RankNet, INPUT_FEATURES, WEIGHTS_FILE};
+use candle_server::runtime;
 
 /// CPU time this thread has run, in ns: unlike wall time it does not count the time other
 /// processes of a shared machine had the core.
@@ -75,14 +76,10 @@ impl Transposed {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let threads = model::use_single_compute_thread();
+    let threads = runtime::use_single_compute_thread();
     if std::env::var_os("GLIBC_DEFAULT_MALLOC").is_none() {
-        // As the server does (see keep_freed_memory in main.rs).
-        // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-        }
+        // As the server does at start.
+        runtime::keep_freed_memory();
     }
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| "../artifacts".into());

@@ -2,7 +2,7 @@
 # Builds the rankbench_candle extension (py-candle's runtime) in release mode and installs it into
 # the project's venv. Called by `make setup`/`make build`; safe to call again: it returns at once
 # when the installed extension was built from the current sources (a fingerprint of both crates'
-# sources, manifests and lock files, the toolchain and the Python interpreter).
+# sources and manifests, the workspace's one lock file, the toolchain and the Python interpreter).
 #
 #   candle_server/pyext/install.sh [--force]
 #
@@ -26,21 +26,10 @@ maturin=$(dirname "$PYTHON")/maturin
 [ -x "$maturin" ] || maturin=$(command -v maturin || true)
 [ -n "$maturin" ] || fail "maturin not found: \`$PYTHON -m pip install 'maturin>=1.9.4'\` (in rankbench[dev])"
 
-# Candle and gemm must be the very versions the Rust server runs (one lock file per crate).
-refresh="refresh the binding's lock file from the server's: cp candle_server/Cargo.lock \
-candle_server/pyext/Cargo.lock && cargo metadata --format-version 1 \
---manifest-path candle_server/pyext/Cargo.toml >/dev/null"
-for name in candle-core candle-nn gemm; do
-    want=$(grep -A1 "^name = \"$name\"$" "$crate/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
-    have=$(grep -A1 "^name = \"$name\"$" "$pyext/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
-    [ "$want" = "$have" ] || fail "$name is $have in pyext/Cargo.lock but $want in candle_server/Cargo.lock: \
-$refresh"
-done
-
 fingerprint() {
     {
         (cd "$crate" && find Cargo.toml Cargo.lock build.rs src \
-            pyext/Cargo.toml pyext/Cargo.lock pyext/build.rs pyext/pyproject.toml \
+            pyext/Cargo.toml pyext/build.rs pyext/pyproject.toml \
             pyext/rankbench_candle.pyi pyext/src -type f -print0 | sort -z | xargs -0 sha256sum)
         rustc -vV
         "$PYTHON" -c 'import sys; print(sys.executable, sys.version)'
@@ -59,11 +48,13 @@ mkdir -p "$CARGO_TARGET_DIR"
 wheels=$CARGO_TARGET_DIR/wheels
 rm -f "$wheels"/rankbench_candle-*.whl
 start=$(date +%s)
-# --locked: exactly the versions in pyext/Cargo.lock (kept equal to the server's, checked above).
+# --locked: exactly the versions of the workspace's Cargo.lock, the very Candle and gemm the server
+# runs (pyext is a member of the candle_server workspace: one lock file for both).
 if ! "$maturin" build --release --locked --manifest-path "$pyext/Cargo.toml" -i "$PYTHON" \
         -o "$wheels" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
-    grep -q "lock file .* needs to be updated" "$log" && fail "pyext/Cargo.lock is out of date: $refresh"
+    grep -q "lock file .* needs to be updated" "$log" \
+        && fail "candle_server/Cargo.lock is out of date: run \`cargo update --workspace --manifest-path candle_server/Cargo.toml\` and commit it"
     fail "maturin build failed (full log: $log)"
 fi
 wheel=$(ls "$wheels"/rankbench_candle-*.whl)

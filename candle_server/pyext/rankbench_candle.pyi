@@ -34,5 +34,11 @@ def keep_freed_memory() -> bool:
     """glibc malloc keeps freed blocks (32 MiB thresholds), as the Rust server sets at start.
     Process-wide; False where the allocator is not glibc's."""
 
+def runtime_threads() -> dict[str, int | str]:
+    """What governs the forward pass's threads, read now on the calling thread: the dict the Rust
+    server reports as `runtime_threads` in /stats. Keys: candle_get_num_threads,
+    rayon_current_num_threads, gemm_threading_threshold (int); RAYON_NUM_THREADS,
+    CANDLE_NUM_THREADS (str, "unset" when absent); os_threads (int, Linux only)."""
+
 def build_info() -> dict[str, str | bool]:
     """{"profile", "opt_level", "debug_assertions", "version"} of this build."""

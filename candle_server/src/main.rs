@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use actix_web::web::Data;
 use clap::Parser;
 
-use candle_server::model::{self, RankNet};
+use candle_server::model::RankNet;
+use candle_server::runtime;
 use candle_server::server::app::{AppState, Scorer};
 use candle_server::server::build_info::build_info;
 use candle_server::server::cli::Args;
@@ -14,8 +15,8 @@ use candle_server::server::transport::{serve, Listen, Settings};
 
 fn main() -> ExitCode {
     // Before any other thread exists: Candle computes on the calling worker thread only.
-    let candle_threads = model::use_single_compute_thread();
-    keep_freed_memory();
+    let candle_threads = runtime::use_single_compute_thread();
+    runtime::keep_freed_memory();
     let args = Args::parse();
     if args.build_info {
         println!("{}", build_info());
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, candle_threads: usize) -> Result<(), String> {
+    // clap requires the name unless --build-info was given, which returned before this.
+    let server_name = args.server_name.clone().ok_or("--server-name is required")?;
     let workers = usize::from(args.workers);
     if let Some(key) = &args.api_key {
         AppState::check_api_key(key)?;
@@ -45,7 +48,7 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
         .into_iter()
         .map(|size| Database::new(pg_config.clone(), size))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut state = AppState::new(scorer, workers);
+    let mut state = AppState::new(server_name, scorer, workers);
     if let Some(key) = &args.api_key {
         state = state.with_api_key(key)?;
     }
@@ -68,24 +71,6 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
         );
         server.await.map_err(|e| format!("server failed: {e}"))
     })
-}
-
-/// Every Candle op allocates its output; at 1,000 rows a forward pass allocates about 4.5 MB in
-/// 0.5-1 MB tensors. With glibc's default, adaptive thresholds those come from fresh `mmap`s or a
-/// heap top that is trimmed back to the kernel after each request, so every request page-faults
-/// its tensors in again: measured, the forward pass at 1,000 rows took 1.7 ms instead of 0.9 ms
-/// (`examples/infer_bench.rs`, thread CPU time). Fixed thresholds keep freed blocks for reuse.
-/// ONNX Runtime (its own arena) and PyTorch (its CPU allocator cache) avoid the same cost.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const THRESHOLD: libc::c_int = 32 << 20;
-        // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
-        }
-    }
 }
 
 /// One throwaway connection at start-up so that a wrong DSN or a missing schema is reported at

@@ -5,9 +5,8 @@
 //! Everything here is f32 on the CPU and free of server concerns, so the Python binding reuses it.
 //!
 //! Two process-wide settings matter for speed and are left to the embedding program: one compute
-//! thread ([`use_single_compute_thread`]) and, for batches of several hundred rows, an allocator
-//! that keeps freed tensors for reuse (every op allocates its output; see `keep_freed_memory` in
-//! the server's `main.rs` for the glibc thresholds and their measured effect).
+//! thread and, for batches of several hundred rows, an allocator that keeps freed tensors for
+//! reuse (every op allocates its output); both are in [`crate::runtime`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -188,17 +187,6 @@ where
         rows.extend_from_slice(item);
     }
     Ok(rows)
-}
-
-/// Pins Candle's CPU compute to the calling thread: with one thread, Candle's matmul calls gemm
-/// with `Parallelism::None` and never starts a rayon pool. Candle reads `RAYON_NUM_THREADS` on
-/// every matmul (`candle_core::utils::get_num_threads`); `CANDLE_NUM_THREADS` sizes its barrier
-/// pool (quantized kernels only). Call this first thing in `main`, before any thread exists,
-/// because it writes the process environment. Returns the thread count Candle now reports.
-pub fn use_single_compute_thread() -> usize {
-    std::env::set_var("RAYON_NUM_THREADS", "1");
-    std::env::set_var("CANDLE_NUM_THREADS", "1");
-    candle_core::utils::get_num_threads()
 }
 
 #[cfg(test)]

@@ -2,82 +2,32 @@
 //! error statuses and their exact JSON bodies, 503 when the database cannot be reached, and the
 //! `/stats` counters. The database-backed behaviour is in `tests/http_db.rs`.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceResponse};
+mod common;
+
+use std::collections::BTreeSet;
+
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::test::{self, TestRequest};
-use actix_web::web::Data;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use candle_server::model::RankNet;
-use candle_server::server::app::{build_app, AppState, Scorer, WorkerState};
-use candle_server::server::db::{pg_config, Database};
-
-/// A DSN whose port nobody listens on: connections are refused at once.
-fn unreachable_dsn() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("postgresql://bench@127.0.0.1:{port}/bench")
-}
+use candle_server::server::app::{AppState, Scorer};
+use common::{call, rank, unreachable_dsn, SERVER_NAME};
 
 fn zero_model() -> Scorer {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
     Scorer::Candle(RankNet::new(vb).expect("zero-weight model"))
 }
 
-async fn app(
-    scorer: Scorer,
-) -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
-    app_with(AppState::new(scorer, 1)).await
-}
-
-async fn app_with(
-    state: AppState,
-) -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
-    let state = Data::new(state);
-    let db = Database::new(pg_config(&unreachable_dsn()).expect("dsn"), 2).expect("pool");
-    let worker = Data::new(WorkerState::new(&state, db));
-    test::init_service(build_app(state, worker)).await
-}
-
-async fn call<S, B>(app: &S, req: TestRequest) -> (StatusCode, header::HeaderMap, Value)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let res = test::call_service(app, req.to_request()).await;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = test::read_body(res).await;
-    let value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
-    };
-    (status, headers, value)
-}
-
-fn rank(body: &str) -> TestRequest {
-    TestRequest::post()
-        .uri("/rank")
-        .insert_header((header::CONTENT_TYPE, "application/json"))
-        .set_payload(body.to_owned())
+fn named(scorer: Scorer) -> AppState {
+    AppState::new(SERVER_NAME, scorer, 1)
 }
 
 #[actix_web::test]
 async fn invalid_bodies_get_400_naming_the_field() {
-    let app = app(zero_model()).await;
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     let cases = [
         ("{", "malformed JSON: EOF while parsing an object at line 1 column 1"),
         ("[]", "body must be a JSON object with user_id, item_ids and top_k, got an array"),
@@ -113,7 +63,7 @@ async fn invalid_bodies_get_400_naming_the_field() {
 
 #[actix_web::test]
 async fn body_over_64_kib_gets_413() {
-    let app = app(zero_model()).await;
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     // A valid JSON document, just too long: the limit is on bytes, not on content.
     let padding = " ".repeat(64 * 1024);
     let body = format!(r#"{{"user_id": 1, "item_ids": [1]{padding}}}"#);
@@ -131,7 +81,7 @@ async fn body_over_64_kib_gets_413() {
 
 #[actix_web::test]
 async fn headers_over_16_kib_get_431() {
-    let app = app(zero_model()).await;
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     let big = "x".repeat(16 * 1024);
     for req in [
         rank(r#"{"user_id": 1, "item_ids": [1]}"#).insert_header(("x-filler", big.clone())),
@@ -150,7 +100,7 @@ async fn headers_over_16_kib_get_431() {
 
 #[actix_web::test]
 async fn unknown_paths_and_wrong_methods() {
-    let app = app(zero_model()).await;
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     let (status, _, value) = call(&app, TestRequest::get().uri("/nowhere")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(value, json!({"error": "unknown path /nowhere"}));
@@ -177,7 +127,7 @@ async fn unknown_paths_and_wrong_methods() {
 
 #[actix_web::test]
 async fn database_down_gives_503_and_unhealthy() {
-    let app = app(zero_model()).await;
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     let (status, _, value) = call(&app, rank(r#"{"user_id": 1, "item_ids": [1]}"#)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let message = value["error"].as_str().expect("error message");
@@ -186,12 +136,12 @@ async fn database_down_gives_503_and_unhealthy() {
     let (status, _, value) = call(&app, TestRequest::get().uri("/health")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(value["status"], "unavailable");
-    assert_eq!(value["server"], "candle");
+    assert_eq!(value["server"], SERVER_NAME);
 }
 
 #[actix_web::test]
 async fn stats_count_rank_requests_and_reset() {
-    let app = app(Scorer::Constant).await;
+    let app = common::app(named(Scorer::Constant), &unreachable_dsn()).await;
     // Three requests to /rank, all answered non-2xx (400, 405, 503); other paths are not counted.
     call(&app, rank("nope")).await;
     call(&app, TestRequest::get().uri("/rank")).await;
@@ -202,9 +152,11 @@ async fn stats_count_rank_requests_and_reset() {
     let (status, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
     assert_eq!(status, StatusCode::OK);
     let zero = json!({"count": 0, "sum_us": 0.0, "mean_us": 0.0, "p50_us": 0.0, "p90_us": 0.0,
-                      "p99_us": 0.0, "max_us": 0.0});
+                      "p99_us": 0.0, "max_us": 0.0, "histogram": []});
+    // No model, no runtime: nothing to report about its threads.
     let expected = json!({
-        "server": "candle-no-model", "backend": "none", "workers": 1, "requests": 3, "errors": 3,
+        "server": SERVER_NAME, "backend": "none", "workers": 1, "runtime_threads": {},
+        "requests": 3, "errors": 3,
         "stages": {"parse": zero, "db": zero, "pre": zero, "infer": zero, "post": zero,
                    "total": zero},
     });
@@ -218,21 +170,38 @@ async fn stats_count_rank_requests_and_reset() {
 }
 
 #[actix_web::test]
-async fn stats_name_the_candle_backend() {
-    let app = app(zero_model()).await;
+async fn stats_name_the_candle_backend_and_its_threads() {
+    let app = common::app(named(zero_model()), &unreachable_dsn()).await;
     let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
     assert_eq!(
         (stats["server"].as_str(), stats["backend"].as_str()),
-        (Some("candle"), Some("candle"))
+        (Some(SERVER_NAME), Some("candle"))
     );
+    // This test process does not pin Candle to one thread (the server binary does, see
+    // tests/binary.rs): the keys and kinds are checked here, the values there.
+    let threads = stats["runtime_threads"].as_object().expect("runtime_threads is an object");
+    let keys: BTreeSet<&str> = threads.keys().map(String::as_str).collect();
+    let want = BTreeSet::from([
+        "candle_get_num_threads",
+        "rayon_current_num_threads",
+        "gemm_threading_threshold",
+        "RAYON_NUM_THREADS",
+        "CANDLE_NUM_THREADS",
+        "os_threads",
+    ]);
+    assert_eq!(keys, want);
+    for key in ["candle_get_num_threads", "rayon_current_num_threads", "os_threads"] {
+        assert!(threads[key].as_u64().is_some_and(|n| n >= 1), "{key}: {}", threads[key]);
+    }
+    assert!(threads["RAYON_NUM_THREADS"].is_string(), "{}", threads["RAYON_NUM_THREADS"]);
 }
 
 #[actix_web::test]
 async fn api_key_guards_every_route_but_health() {
     const KEY: &str = "s3cr3t";
-    assert!(AppState::new(Scorer::Constant, 1).with_api_key("").is_err());
-    let state = AppState::new(Scorer::Constant, 1).with_api_key(KEY).expect("key");
-    let app = app_with(state).await;
+    assert!(named(Scorer::Constant).with_api_key("").is_err());
+    let state = named(Scorer::Constant).with_api_key(KEY).expect("key");
+    let app = common::app(state, &unreachable_dsn()).await;
     let unauthorised = json!({"error": "missing or invalid API key"});
     let without_key = [
         rank(r#"{"user_id": 1, "item_ids": [1]}"#),

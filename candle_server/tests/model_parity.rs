@@ -4,17 +4,15 @@
 //! numpy computed for them from `ranknet.safetensors`; nothing here is typed by hand.
 //! `RANKBENCH_ARTIFACTS` points elsewhere if the artifacts live outside the repository.
 
-use std::path::PathBuf;
+mod common;
 
-use candle_server::model::{input_rows, RankNet, INPUT_FEATURES, USER_FEATURES};
+use candle_server::model::{input_rows, input_tensor, RankNet, INPUT_FEATURES, USER_FEATURES};
+use common::artifacts_dir;
 
 const TOLERANCE: f64 = 1e-5;
 
-fn artifacts_dir() -> PathBuf {
-    std::env::var_os("RANKBENCH_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts"))
-}
+/// The fixture's row count (`seed/model.py`): a shorter file would quietly check less.
+const FIXTURE_ROWS: usize = 16;
 
 struct Fixture {
     inputs: Vec<Vec<f32>>,
@@ -22,12 +20,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = artifacts_dir().join("parity_fixture.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e}; run `make model` to create the artifacts", path.display())
-    });
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let value = common::artifact_json("parity_fixture.json", "model");
     let inputs: Vec<Vec<f32>> = value["inputs"]
         .as_array()
         .expect("fixture has `inputs`")
@@ -46,7 +39,7 @@ fn fixture() -> Fixture {
         .iter()
         .map(|v| v.as_f64().expect("a float"))
         .collect();
-    assert!(!inputs.is_empty(), "fixture has no rows");
+    assert_eq!(inputs.len(), FIXTURE_ROWS, "fixture rows");
     assert_eq!(inputs.len(), scores.len(), "fixture inputs and scores differ in length");
     assert!(inputs.iter().all(|r| r.len() == INPUT_FEATURES), "fixture rows must have 40 values");
     Fixture { inputs, scores }
@@ -92,22 +85,17 @@ fn batch_size_does_not_change_scores() {
 }
 
 #[test]
-fn server_input_layout_scores_like_single_rows() {
-    // One user with every fixture item, built the way the server builds its input, scores each
-    // row as that row alone does (batching changes gemm's summation order, not the result).
+fn server_input_path_matches_numpy_on_every_row() {
+    // Each fixture row split into its user and item features and scored through the functions
+    // the /rank handler calls (input_rows, input_tensor, RankNet::scores): all 16 rows in one
+    // batch, each against numpy's score.
     let fixture = fixture();
-    let user = &fixture.inputs[0][..USER_FEATURES];
-    let items: Vec<&[f32]> = fixture.inputs.iter().map(|r| &r[USER_FEATURES..]).collect();
     let net = model();
-    let batch =
-        net.score_rows(input_rows(user, items.iter().copied()).expect("rows")).expect("batch");
-    let singles: Vec<f64> = items
-        .iter()
-        .map(|item| {
-            let row = [user, item].concat();
-            f64::from(net.score_slice(&row).expect("row")[0])
-        })
-        .collect();
-    assert_close(&batch, &singles);
-    assert_close(&batch[..1], &fixture.scores[..1]);
+    let mut rows = Vec::with_capacity(fixture.inputs.len() * INPUT_FEATURES);
+    for row in &fixture.inputs {
+        let (user, item) = row.split_at(USER_FEATURES);
+        rows.extend(input_rows(user, [item]).expect("row"));
+    }
+    let x = input_tensor(rows).expect("tensor");
+    assert_close(&net.scores(&x).expect("batch"), &fixture.scores);
 }

@@ -2,6 +2,8 @@
 //! JSON errors too, bodies of rejected requests do not cost the connection, and SIGTERM-style
 //! graceful stop finishes promptly.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -22,14 +24,11 @@ struct Running {
 fn start() -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dsn =
-        format!("postgresql://bench@127.0.0.1:{}/bench", dead.local_addr().expect("a").port());
-    drop(dead);
+    let dsn = common::unreachable_dsn();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let state = Data::new(AppState::new(Scorer::Constant, 1));
+            let state = Data::new(AppState::new(common::SERVER_NAME, Scorer::Constant, 1));
             let db = Database::new(pg_config(&dsn).expect("dsn"), 1).expect("pool");
             let settings = Settings { workers: 1, ..Settings::default() };
             let server =

@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 
 use candle_server::model::{self, ModelError, RankNet as Model, INPUT_FEATURES, WEIGHTS_FILE};
+use candle_server::runtime::{self, ThreadSetting};
 use numpy::{
     dtype, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods,
@@ -175,27 +176,30 @@ fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
-/// Sets glibc's malloc to keep freed blocks for reuse, as the Rust server does at start
-/// (`keep_freed_memory` in candle_server's main.rs, same 32 MiB thresholds). With glibc's default
-/// dynamic thresholds, the forward pass's larger intermediates (1 MiB at 1,000 rows) go back to
-/// the kernel when freed and fault in again on the next call: 1.7 ms instead of 0.9 ms at 1,000
-/// rows. Process-wide, so a server calls it once at start (py_servers' candle backend does); the
-/// import alone changes nothing. Returns False where the allocator is not glibc's.
+/// Sets glibc's malloc to keep freed blocks for reuse, as the Rust server does at start (the same
+/// function, `candle_server::runtime::keep_freed_memory`, 32 MiB thresholds). With glibc's
+/// default dynamic thresholds, the forward pass's larger intermediates (1 MiB at 1,000 rows) go
+/// back to the kernel when freed and fault in again on the next call: 1.7 ms instead of 0.9 ms at
+/// 1,000 rows. Process-wide, so a server calls it once at start (py_servers' candle backend
+/// does); the import alone changes nothing. Returns False where the allocator is not glibc's.
 #[pyfunction]
 fn keep_freed_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const THRESHOLD: libc::c_int = 32 << 20;
-        // SAFETY: mallopt only sets allocator parameters (it takes the arena lock itself).
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
+    runtime::keep_freed_memory()
+}
+
+/// What governs the forward pass's threads, as Candle, rayon and gemm report it now on the
+/// calling thread (`candle_server::runtime::runtime_threads`, the dict the Rust server reports
+/// as `runtime_threads` in /stats): names to int or str.
+#[pyfunction]
+fn runtime_threads(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let settings = pyo3::types::PyDict::new(py);
+    for (name, value) in runtime::runtime_threads() {
+        match value {
+            ThreadSetting::Count(n) => settings.set_item(name, n)?,
+            ThreadSetting::Text(text) => settings.set_item(name, text)?,
         }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    Ok(settings)
 }
 
 /// How this extension was compiled: `profile` ("release" or "debug"), `opt_level`,
@@ -215,7 +219,7 @@ fn rankbench_candle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // One compute thread, as every runtime in rankbench: Candle's matmul then runs gemm without
     // parallelism and its elementwise pool starts no worker. Set at import, before any forward
     // pass and before a server forks its workers (they inherit the environment).
-    let threads = model::use_single_compute_thread();
+    let threads = runtime::use_single_compute_thread();
     if threads != 1 {
         return Err(PyRuntimeError::new_err(format!(
             "Candle reports {threads} compute threads after requesting 1"
@@ -225,6 +229,7 @@ fn rankbench_candle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute_threads, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(keep_freed_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_threads, m)?)?;
     m.add("INPUT_FEATURES", INPUT_FEATURES)?;
     m.add("WEIGHTS_FILE", WEIGHTS_FILE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

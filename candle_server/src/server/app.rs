@@ -17,9 +17,10 @@ use subtle::ConstantTimeEq;
 use super::db::Database;
 use super::error::ApiError;
 use super::request::RankRequest;
-use super::stats::{Stage, StageTimes, StagesJson, StatsRegistry, WorkerHandle};
+use super::stats::{OrderedMap, Stage, StageSummary, StageTimes, StatsRegistry, WorkerHandle};
 use super::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::model::{self, ModelError, RankNet};
+use crate::runtime::{self, ThreadSetting};
 
 /// What turns the `(N, 40)` input into scores.
 #[derive(Debug, Clone)]
@@ -39,6 +40,15 @@ impl Scorer {
         }
     }
 
+    /// The `runtime_threads` of `/stats`: what the runtime reports on the calling thread (a
+    /// worker, where inference runs); nothing without a runtime.
+    pub fn runtime_threads(&self) -> Vec<(&'static str, ThreadSetting)> {
+        match self {
+            Scorer::Candle(_) => runtime::runtime_threads(),
+            Scorer::Constant => Vec::new(),
+        }
+    }
+
     fn scores(&self, x: &Tensor) -> Result<Vec<f32>, ModelError> {
         match self {
             Scorer::Candle(net) => net.scores(x),
@@ -49,7 +59,8 @@ impl Scorer {
 
 /// Shared by all workers.
 pub struct AppState {
-    pub server: &'static str,
+    /// `--server-name`: the `server` field of `/health` and `/stats`.
+    pub server: String,
     pub workers: usize,
     pub scorer: Scorer,
     pub stats: Arc<StatsRegistry>,
@@ -69,13 +80,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(scorer: Scorer, workers: usize) -> Self {
-        let server = match scorer {
-            Scorer::Candle(_) => "candle",
-            Scorer::Constant => "candle-no-model",
-        };
+    pub fn new(server: impl Into<String>, scorer: Scorer, workers: usize) -> Self {
         AppState {
-            server,
+            server: server.into(),
             workers,
             scorer,
             stats: Arc::new(StatsRegistry::default()),
@@ -327,10 +334,10 @@ async fn health(state: Data<AppState>, worker: Data<WorkerState>) -> HttpRespons
     // The model is loaded before the socket listens (or not needed with --no-model), so the
     // database is what remains to check.
     let (mut response, health) = match worker.db.ping().await {
-        Ok(()) => (HttpResponse::Ok(), Health { status: "ok", server: state.server, error: None }),
+        Ok(()) => (HttpResponse::Ok(), Health { status: "ok", server: &state.server, error: None }),
         Err(e) => (
             HttpResponse::ServiceUnavailable(),
-            Health { status: "unavailable", server: state.server, error: Some(e.message()) },
+            Health { status: "unavailable", server: &state.server, error: Some(e.message()) },
         ),
     };
     json_response_with(&mut response, &health)
@@ -342,18 +349,21 @@ async fn stats(state: Data<AppState>) -> HttpResponse {
         server: &'a str,
         backend: &'a str,
         workers: usize,
+        runtime_threads: OrderedMap<'a, ThreadSetting>,
         requests: u64,
         errors: u64,
-        stages: StagesJson<'a>,
+        stages: OrderedMap<'a, StageSummary>,
     }
+    let runtime_threads = state.scorer.runtime_threads();
     let snapshot = state.stats.snapshot();
     let body = Stats {
-        server: state.server,
+        server: &state.server,
         backend: state.scorer.backend(),
         workers: state.workers,
+        runtime_threads: OrderedMap(&runtime_threads),
         requests: snapshot.requests,
         errors: snapshot.errors,
-        stages: StagesJson(&snapshot.stages),
+        stages: OrderedMap(&snapshot.stages),
     };
     json_response_with(&mut HttpResponse::Ok(), &body)
 }
@@ -451,6 +461,20 @@ mod tests {
         let mut v = items(&[]);
         keep_top_k(&mut v, 1);
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn scores_are_written_in_their_shortest_float32_form() {
+        // What a float32 needs to read back exactly, not the float64 expansion of it
+        // (0.1f32 widened would print as 0.10000000149011612).
+        let items = items(&[(2, 0.1), (3, 1.0 / 3.0), (4, 0.5), (5, 1e-7), (6, 0.0)]);
+        let body =
+            serde_json::to_string(&RankResponse { user_id: 1, items: &items }).expect("json");
+        assert_eq!(
+            body,
+            r#"{"user_id":1,"items":[{"id":2,"score":0.1},{"id":3,"score":0.33333334},"#.to_owned()
+                + r#"{"id":4,"score":0.5},{"id":5,"score":1e-7},{"id":6,"score":0.0}]}"#
+        );
     }
 
     #[test]

@@ -14,6 +14,15 @@ pub const DEFAULT_DSN: &str = "postgresql://bench@127.0.0.1:55432/bench";
     about = "rankbench RankNet server: actix-web + tokio-postgres + Candle (see docs/contract.md)"
 )]
 pub struct Args {
+    /// The name this server reports as `server` in `/health` and `/stats` (the registry's name).
+    #[arg(
+        long = "server-name",
+        value_name = "NAME",
+        required_unless_present = "build_info",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub server_name: Option<String>,
+
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -38,7 +47,7 @@ pub struct Args {
     #[arg(long = "model-dir", default_value = "artifacts")]
     pub model_dir: PathBuf,
 
-    /// Skip the model: every score is 0.0 (server "candle-no-model", the DB-and-HTTP floor).
+    /// Skip the model: every score is 0.0 (the DB-and-HTTP floor).
     #[arg(long = "no-model")]
     pub no_model: bool,
 
@@ -59,6 +68,8 @@ mod tests {
     fn contract_flags_parse() {
         let args = Args::try_parse_from([
             "candle_server",
+            "--server-name",
+            "rust-test",
             "--host",
             "0.0.0.0",
             "--port",
@@ -74,6 +85,7 @@ mod tests {
             "--no-model",
         ])
         .expect("flags");
+        assert_eq!(args.server_name.as_deref(), Some("rust-test"));
         assert_eq!(args.host, "0.0.0.0");
         assert_eq!(args.port, 9000);
         assert_eq!(args.dsn, "postgresql://x@y/z");
@@ -84,7 +96,22 @@ mod tests {
 
     #[test]
     fn zero_workers_is_refused() {
-        assert!(Args::try_parse_from(["candle_server", "--workers", "0"]).is_err());
-        assert!(Args::try_parse_from(["candle_server", "--pool-size", "0"]).is_err());
+        let named = ["candle_server", "--server-name", "x"];
+        assert!(Args::try_parse_from([&named[..], &["--workers", "0"]].concat()).is_err());
+        assert!(Args::try_parse_from([&named[..], &["--pool-size", "0"]].concat()).is_err());
+        assert!(Args::try_parse_from([&named[..], &["--workers", "1"]].concat()).is_ok());
+    }
+
+    #[test]
+    fn server_name_is_required_and_not_empty() {
+        let err = Args::try_parse_from(["candle_server"]).expect_err("no name");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--server-name <NAME>"), "{err}");
+        let err = Args::try_parse_from(["candle_server", "--server-name", ""]).expect_err("empty");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        // --build-info prints and exits: no name needed.
+        let args = Args::try_parse_from(["candle_server", "--build-info"]).expect("build info");
+        assert!(args.build_info && args.server_name.is_none());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Each worker records into its own `Mutex<WorkerStats>`; the lock is only ever contended by a
 //! `/stats` or `/stats/reset` request, so a request pays one uncontended lock for all its stages.
-//! Values are nanoseconds (3 significant digits, 1 ns .. 60 s); the JSON reports microseconds.
+//! Values are nanoseconds (3 significant digits, 1 ns .. 60 s); the JSON reports microseconds,
+//! with each stage's histogram as `[[value_us, count], ...]` so that runs can be merged.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -55,50 +56,83 @@ impl StageTimes {
 
 const HIGHEST_NS: u64 = 60_000_000_000;
 
+/// Durations in an HdrHistogram (nanoseconds, 3 significant digits), with their exact sum and
+/// maximum. The stages of `/stats` and the ceiling client's latencies both use it.
 #[derive(Debug, Clone)]
-struct StageHistogram {
+pub struct LatencyHistogram {
     histogram: Histogram<u64>,
     sum_ns: u64,
     max_ns: u64,
 }
 
-impl StageHistogram {
-    fn new() -> Self {
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub fn new() -> Self {
         let histogram = Histogram::new_with_bounds(1, HIGHEST_NS, 3)
             .unwrap_or_else(|e| panic!("static histogram bounds are valid: {e}"));
-        StageHistogram { histogram, sum_ns: 0, max_ns: 0 }
+        LatencyHistogram { histogram, sum_ns: 0, max_ns: 0 }
     }
 
-    fn record(&mut self, duration: Duration) {
+    pub fn record(&mut self, duration: Duration) {
         let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.histogram.saturating_record(ns.max(1));
         self.sum_ns = self.sum_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);
     }
 
-    fn merge(&mut self, other: &StageHistogram) {
+    pub fn merge(&mut self, other: &LatencyHistogram) {
         // Same bounds on both sides, so `add` cannot run out of range.
         let _ = self.histogram.add(&other.histogram);
         self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.histogram.reset();
         self.sum_ns = 0;
         self.max_ns = 0;
     }
 
-    fn summary(&self) -> StageSummary {
-        let count = self.histogram.len();
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// A bucket's highest equivalent value can exceed the largest value recorded: clamped, so
+    /// that p50 <= p90 <= p99 <= max always holds.
+    fn clamped(&self, ns: u64) -> u64 {
+        ns.min(self.max_ns)
+    }
+
+    /// The recorded values as `(microseconds, count)`, ascending, every count > 0: each bucket
+    /// at its middle value (HdrHistogram's own mean uses it), rounded to the nearest
+    /// microsecond; buckets that round to the same microsecond are added together.
+    pub fn buckets_us(&self) -> Vec<(u64, u64)> {
+        let mut buckets: Vec<(u64, u64)> = Vec::new();
+        for bucket in self.histogram.iter_recorded() {
+            let middle = self.histogram.median_equivalent(bucket.value_iterated_to());
+            let us = (self.clamped(middle) + 500) / 1000;
+            let count = bucket.count_at_value();
+            match buckets.last_mut() {
+                Some((last, total)) if *last == us => *total += count,
+                _ => buckets.push((us, count)),
+            }
+        }
+        buckets
+    }
+
+    pub fn summary(&self) -> StageSummary {
+        let count = self.count();
         let us = |ns: u64| ns as f64 / 1000.0;
-        // A bucket's highest equivalent value can exceed the largest value recorded: clamp, so
-        // that p50 <= p90 <= p99 <= max always holds.
         let quantile = |q: f64| {
             if count == 0 {
                 0.0
             } else {
-                us(self.histogram.value_at_quantile(q).min(self.max_ns))
+                us(self.clamped(self.histogram.value_at_quantile(q)))
             }
         };
         StageSummary {
@@ -109,6 +143,7 @@ impl StageHistogram {
             p90_us: quantile(0.90),
             p99_us: quantile(0.99),
             max_us: us(self.max_ns),
+            histogram: self.buckets_us(),
         }
     }
 }
@@ -118,7 +153,7 @@ impl StageHistogram {
 pub struct WorkerStats {
     requests: u64,
     errors: u64,
-    stages: [StageHistogram; 6],
+    stages: [LatencyHistogram; 6],
 }
 
 impl Default for WorkerStats {
@@ -126,7 +161,7 @@ impl Default for WorkerStats {
         WorkerStats {
             requests: 0,
             errors: 0,
-            stages: std::array::from_fn(|_| StageHistogram::new()),
+            stages: std::array::from_fn(|_| LatencyHistogram::new()),
         }
     }
 }
@@ -159,7 +194,7 @@ impl WorkerStats {
     fn reset(&mut self) {
         self.requests = 0;
         self.errors = 0;
-        self.stages.iter_mut().for_each(StageHistogram::reset);
+        self.stages.iter_mut().for_each(LatencyHistogram::reset);
     }
 }
 
@@ -211,7 +246,7 @@ impl StatsRegistry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageSummary {
     pub count: u64,
     pub sum_us: f64,
@@ -220,6 +255,8 @@ pub struct StageSummary {
     pub p90_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// `[[value_us, count], ...]`, see [`LatencyHistogram::buckets_us`].
+    pub histogram: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,14 +266,15 @@ pub struct StatsSnapshot {
     pub stages: [(&'static str, StageSummary); 6],
 }
 
-/// Serialises the stages as a JSON object in the contract's order.
-pub struct StagesJson<'a>(pub &'a [(&'static str, StageSummary)]);
+/// Serialises `(name, value)` pairs as a JSON object in their order (the stages in the
+/// contract's order, the runtime's thread settings).
+pub struct OrderedMap<'a, V>(pub &'a [(&'static str, V)]);
 
-impl Serialize for StagesJson<'_> {
+impl<V: Serialize> Serialize for OrderedMap<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, summary) in self.0 {
-            map.serialize_entry(name, summary)?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
         }
         map.end()
     }
@@ -272,8 +310,8 @@ mod tests {
 
         let snap = registry.snapshot();
         assert_eq!((snap.requests, snap.errors), (102, 1));
-        let (name, total) = snap.stages[5];
-        assert_eq!(name, "total");
+        let (name, total) = &snap.stages[5];
+        assert_eq!(*name, "total");
         assert_eq!(total.count, 101);
         assert_eq!(total.sum_us, 5050.0 + 1000.0);
         assert!((total.mean_us - 6050.0 / 101.0).abs() < 1e-9);
@@ -287,23 +325,45 @@ mod tests {
         assert!((total.p50_us - 51.0).abs() <= 0.1, "p50 {}", total.p50_us);
         assert!((total.p99_us - 100.0).abs() <= 0.1, "p99 {}", total.p99_us);
 
-        let (name, db) = snap.stages[1];
-        assert_eq!((name, db.count), ("db", 102));
+        // One bucket per microsecond recorded (exact at this resolution), counts merged.
+        let want: Vec<(u64, u64)> = (1..=100).map(|us| (us, 1)).chain([(1000, 1)]).collect();
+        assert_eq!(total.histogram, want);
+
+        let (name, db) = &snap.stages[1];
+        assert_eq!((*name, db.count), ("db", 102));
+        assert_eq!(db.histogram.first(), Some(&(1, 1)));
+        assert!(db.histogram.contains(&(7, 2)), "{:?}", db.histogram);
 
         registry.reset();
         let snap = registry.snapshot();
         assert_eq!((snap.requests, snap.errors), (0, 0));
-        assert!(snap
-            .stages
-            .iter()
-            .all(|(_, s)| s.count == 0 && s.sum_us == 0.0 && s.max_us == 0.0));
+        assert!(snap.stages.iter().all(|(_, s)| s.count == 0
+            && s.sum_us == 0.0
+            && s.max_us == 0.0
+            && s.histogram.is_empty()));
+    }
+
+    #[test]
+    fn histogram_buckets_round_to_whole_microseconds() {
+        let mut h = LatencyHistogram::new();
+        for ns in [300, 1_200, 1_400, 1_600, 2_000_000, 2_000_100, 2_001_600] {
+            h.record(Duration::from_nanos(ns));
+        }
+        // Below 2.048 us every nanosecond has its bucket: 0.3 us -> 0; 1.2 and 1.4 -> 1; 1.6 -> 2.
+        // From 1.048576 ms buckets are 1.024 us wide: 2000.0 and 2000.1 share the bucket
+        // [1999.872, 2000.895] (middle 2000.384 -> 2000), 2001.6 is in [2000.896, 2001.919]
+        // (middle 2001.408 -> 2001).
+        assert_eq!(h.buckets_us(), vec![(0, 1), (1, 2), (2, 1), (2000, 2), (2001, 1)]);
+        let summary = h.summary();
+        assert_eq!(summary.histogram.iter().map(|b| b.1).sum::<u64>(), summary.count);
+        assert_eq!(summary.max_us, 2001.6);
     }
 
     #[test]
     fn stages_serialise_in_contract_order() {
         let registry = StatsRegistry::default();
         let snap = registry.snapshot();
-        let json = serde_json::to_string(&StagesJson(&snap.stages)).expect("json");
+        let json = serde_json::to_string(&OrderedMap(&snap.stages)).expect("json");
         let order: Vec<usize> = ["parse", "db", "pre", "infer", "post", "total"]
             .iter()
             .map(|name| json.find(&format!("\"{name}\"")).expect(name))
