@@ -122,18 +122,17 @@ impl Database {
     }
 
     /// Opens every connection of the pool and prepares both statements on each, so that the
-    /// first requests do not pay for it. Failures are left for requests and `/health` to report.
-    pub async fn warm_up(&self) {
+    /// first requests do not pay for it. Stops at the first failure and returns it (the server
+    /// leaves it for requests and `/health` to report; the ceiling client stops).
+    pub async fn warm_up(&self) -> Result<(), ApiError> {
         let mut held = Vec::with_capacity(self.max_size());
         for _ in 0..self.max_size() {
-            let Ok(client) = self.pool.get().await else { break };
-            if client.prepare_cached(USER_QUERY).await.is_err()
-                || client.prepare_cached(ITEMS_QUERY).await.is_err()
-            {
-                break;
-            }
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.prepare_cached(USER_QUERY).await.map_err(query_error)?;
+            client.prepare_cached(ITEMS_QUERY).await.map_err(query_error)?;
             held.push(client);
         }
+        Ok(())
     }
 }
 

@@ -83,7 +83,10 @@ pub fn serve(
         let index = next_worker.fetch_add(1, Ordering::Relaxed);
         let db = databases[index % databases.len()].clone();
         let warm = db.clone();
-        actix_web::rt::spawn(async move { warm.warm_up().await });
+        actix_web::rt::spawn(async move {
+            // A failure is reported by the requests and `/health` that meet it.
+            let _ = warm.warm_up().await;
+        });
         let worker = Data::new(WorkerState::new(&state, db));
         let app = build_app(state.clone(), worker);
 
