@@ -7,8 +7,8 @@ A backend is a tiny object: it loads its weights once and exposes
     runtime_threads() -> dict                  # thread settings as the runtime reports them now
 
 with the sigmoid applied. `BACKENDS` maps each --backend value to the module that provides it; the
-module is imported only when chosen (importing torch costs ~300 MB that py-onnx should not carry),
-its `MODEL_FILE` names the file it needs in --model-dir (or None), and its `load(model_dir)`
+module is imported only when chosen (importing torch costs ~300 MB that an ONNX server should not
+carry), its `MODEL_FILE` names the file it needs in --model-dir (or None), and its `load(model_dir)`
 returns the backend. A new runtime (e.g. the PyO3 Candle binding) joins by
 adding one module and one entry here.
 """

@@ -2,8 +2,9 @@
 
 The runtime is the `rankbench_candle` extension (candle_server/pyext, built by `make build`): the
 same `candle_server::model::RankNet`, the same Candle and gemm versions and the same release
-profile as the Rust server, so py-candle vs candle differs only in the server layer. The extension
-pins Candle to one compute thread when it is imported and releases the GIL during the forward pass.
+profile as the Rust server, so this backend and the Rust server differ only in the server layer.
+The extension pins Candle to one compute thread when it is imported and releases the GIL during the
+forward pass.
 Like the Rust server at start, the worker keeps glibc from returning the forward pass's freed
 buffers to the kernel (see `keep_freed_memory`); ONNX Runtime and PyTorch have their own caches.
 """
