@@ -273,16 +273,20 @@ def _coverage(servers: dict[str, ServerProfile]) -> list[str]:
         est = sum(s.estimated(c) * s.share(c) for c in CATEGORY_ORDER)
         r = s.records[0]
         verdict = "yes" if s.named_share >= NAMED_TARGET else "**no**"
+        spied = sum((x["profile"].get("pyspy") or {}).get("running_python", 0) for x in s.records)
         rows.append([s.name, r.get("python_frames", "?"),
                      str(sum(x["profile"]["samples"] for x in s.records)),
+                     str(spied) if r.get("python_frames") == "py-spy" else "-",
                      _pct(s._mean(lambda x: x["profile"].get("sampled_vs_measured_cpu"))),
                      f"{s.named_share:.1%}", verdict, _pct(est)])
     return (["### Coverage", "",
              f"Share of sampled server CPU that the rules name (target {NAMED_TARGET:.0%}); "
              "`sampled/measured`: perf's sampled CPU over the sampler's; `via py-spy`: share of "
              "the CPU whose category rests on py-spy's proportions (Python code that perf sees "
-             "as the eval loop).", ""] +
-            _table(["server", "Python names", "samples", "sampled/measured", "named",
+             "as the eval loop), from `py-spy samples` samples of running Python code (the fewer, "
+             "the rougher the split).", ""] +
+            _table(["server", "Python names", "perf samples", "py-spy samples", "sampled/measured",
+                    "named",
                     f">= {NAMED_TARGET:.0%}", "via py-spy"], rows) + [""])
 
 

@@ -35,7 +35,7 @@ class Attribution:
     deciders: dict = field(default_factory=lambda: defaultdict(Counter))   # category -> label -> n
     layers: Counter = field(default_factory=Counter)          # kernel / libpython / native
     pending: int = 0
-    unnamed_leaf: int = 0          # user-space leaf frames without a symbol
+    unnamed_leaf: int = 0          # `other` samples whose leaf frame has no symbol
     pyspy: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -114,10 +114,10 @@ def attribute(samples: Iterable[Sample], pyspy: Iterable[tuple[list[Frame], int]
         result.samples += 1
         result.sampled_cpu_s += sample.period_ns / 1e9
         result.layers[layer(sample.frames)] += 1
-        if sample.frames and sample.frames[0].kind == "native" and \
-                sample.frames[0].symbol == "[unknown]":
-            result.unnamed_leaf += 1
         verdict = rules.classify(sample.frames, rule_table)
+        if verdict.category == rules.OTHER and sample.frames and \
+                sample.frames[0].kind == "native" and sample.frames[0].symbol == "[unknown]":
+            result.unnamed_leaf += 1
         if verdict.category == rules.PENDING:
             result.pending += 1
             continue

@@ -93,7 +93,8 @@ def profile_warnings(profile: dict, attribution: Attribution) -> list[str]:
         warnings.append(f"perf sampled {ratio:.0%} of the server CPU the sampler measured")
     unnamed = attribution.unnamed_leaf / attribution.samples if attribution.samples else 0.0
     if unnamed > UNNAMED_LEAF_LIMIT:
-        warnings.append(f"{unnamed:.0%} of samples have no symbol at the leaf (stripped binary?)")
+        warnings.append(f"{unnamed:.0%} of samples are `other` with no symbol at the leaf "
+                        f"(a stripped binary?)")
     return warnings + list(attribution.notes)
 
 

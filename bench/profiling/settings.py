@@ -20,7 +20,7 @@ ENV_VARS = {
     "WARMUP": "warmup_s", "REPEATS": "repeats", "WORKERS": "workers", "POOL": "pool_size",
     "PIN": "pin", "TOP_K": "top_k", "WRK_THREADS": "wrk_threads", "SEED": "seed",
 }
-# Profiler settings from the environment: PERF_PERIOD_US (default 1000), PYSPY_RATE (default 100).
+# Profiler settings from the environment: PERF_PERIOD_US (default 1000), PYSPY_RATE (default 200).
 PROFILER_ENV = {"PERF_PERIOD_US": "perf_period_us", "PYSPY_RATE": "pyspy_rate"}
 
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU microseconds between two perf samples of a thread (default 1000: "
                              "1 kHz per busy core)")
     parser.add_argument("--pyspy-rate", dest="pyspy_rate", type=int,
-                        help="py-spy samples per second (default 100)")
+                        help="py-spy samples per second (default 200)")
     parser.add_argument("--results", dest="results_root", type=Path,
                         help="folder that receives <UTC stamp>-profile/ (default results/)")
     parser.add_argument("--no-flamegraphs", dest="flamegraphs", action="store_false",
@@ -103,6 +103,6 @@ def resolve(argv: list[str] | None = None, environ: dict[str, str] | None = None
         return value
 
     period_us = number(args.perf_period_us, "PERF_PERIOD_US", 1000, 100, 100_000)
-    rate = number(args.pyspy_rate, "PYSPY_RATE", 100, 1, 1000)
+    rate = number(args.pyspy_rate, "PYSPY_RATE", 200, 1, 1000)
     config = ProfilerConfig(period_ns=period_us * 1000, pyspy_rate_hz=rate)
     return settings, config, args

@@ -13,7 +13,8 @@ Why this combination (docs/profiles.md says more):
 - CPython < 3.12 gives perf no Python function names (every Python function is the same
   `_PyEval_EvalFrameDefault`), so py-spy (`--native`, which keeps C extension frames so that only
   samples running Python code are used) runs beside perf and names the Python code those samples
-  ran. CPython 3.12+ is started with `-X perf` instead: its trampolines put each Python function in
+  ran (`--gil`: only samples of threads holding the GIL, the only ones that can run Python code).
+  CPython 3.12+ is started with `-X perf` instead: its trampolines put each Python function in
   perf's own stacks, and py-spy is not needed.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ProfilerUnavailable(RuntimeError):
 class ProfilerConfig:
     period_ns: int = 1_000_000        # one sample per ms of a thread's CPU: 1 kHz per busy core
     dwarf_stack_bytes: int = 8192     # user stack copied per sample for DWARF unwinding
-    pyspy_rate_hz: int = 100          # py-spy's default; each --native sample pauses the process
+    pyspy_rate_hz: int = 200          # its own window: only proportions are used, so more samples
 
     def as_json(self) -> dict:
         return {"perf_event": "cpu-clock", "perf_period_ns": self.period_ns,
@@ -176,7 +177,10 @@ def perf_record_command(perf: str, pids: list[int], out: Path, config: ProfilerC
 
 
 def pyspy_record_command(pyspy: str, pid: int, out: Path, config: ProfilerConfig) -> list[str]:
-    return [pyspy, "record", "--pid", str(pid), "--native", "--subprocesses",
+    # --gil: only threads holding the GIL, i.e. running Python code or C code called from it. A
+    # thread waiting on a lock or a queue (FastAPI's thread pool) can look busy to py-spy's idle
+    # test, and its Python frames would then take a share of the split they never used.
+    return [pyspy, "record", "--pid", str(pid), "--native", "--gil", "--subprocesses",
             "--rate", str(config.pyspy_rate_hz), "--format", "raw", "--output", str(out)]
 
 

@@ -54,7 +54,8 @@ def record(name):
             "items": 10, "concurrency": 32, "repeat": 0, "python_frames": "py-spy",
             "windows": {"unprofiled": window(total * 0.9, 1000.0), "perf": window(total, 900.0)},
             "profile": {"samples": int(total * 10), "named_share": 1 - split.get("other", 0.0) / total,
-                        "sampled_vs_measured_cpu": 1.0, "categories": categories},
+                        "sampled_vs_measured_cpu": 1.0, "categories": categories,
+                        "pyspy": {"running_python": 120 if facets["interpreter"] else 0}},
             "flamegraphs": {"perf_svg": f"flame/{name}.perf.svg"}, "warnings": []}
 
 
@@ -94,8 +95,8 @@ def test_differences_by_category(run_folder):
 def test_coverage_flags_servers_below_the_target(run_folder):
     text = profile_report.render(profile_report.load(run_folder), figures=False)
     coverage = text.split("### Coverage")[1].split("###")[0]
-    assert "| gamma | py-spy | 4200 | 100% | 85.7% | **no** | 0.0% |" in coverage
-    assert "| alpha | py-spy | 2600 | 100% | 100.0% | yes | 0.0% |" in coverage
+    assert "| gamma | py-spy | 4200 | 120 | 100% | 85.7% | **no** | 0.0% |" in coverage
+    assert "| alpha | py-spy | 2600 | 120 | 100% | 100.0% | yes | 0.0% |" in coverage
 
 
 def test_user_system_split_and_flame_links(run_folder):
