@@ -19,7 +19,7 @@ pub struct Args {
         long = "server-name",
         value_name = "NAME",
         required_unless_present = "build_info",
-        value_parser = clap::builder::NonEmptyStringValueParser::new()
+        value_parser = server_name
     )]
     pub server_name: Option<String>,
 
@@ -58,6 +58,15 @@ pub struct Args {
     /// Print how this binary was built (JSON) and exit.
     #[arg(long = "build-info")]
     pub build_info: bool,
+}
+
+/// A server name as the Python servers accept it: printable ASCII without spaces, not empty
+/// (results are keyed by it, and it must survive any header or file name it is put in).
+fn server_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    Ok(name.to_owned())
 }
 
 #[cfg(test)]
@@ -103,13 +112,19 @@ mod tests {
     }
 
     #[test]
-    fn server_name_is_required_and_not_empty() {
+    fn server_name_is_required_and_printable() {
         let err = Args::try_parse_from(["candle_server"]).expect_err("no name");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--server-name <NAME>"), "{err}");
-        let err = Args::try_parse_from(["candle_server", "--server-name", ""]).expect_err("empty");
-        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        for bad in ["", "two words", "tab\there", "caf\u{e9}", "line\n"] {
+            let err = Args::try_parse_from(["candle_server", "--server-name", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            assert!(err.to_string().contains("printable ASCII without spaces"), "{err}");
+        }
+        let args = Args::try_parse_from(["candle_server", "--server-name", "exp-candle_2.x"])
+            .expect("punctuation is fine");
+        assert_eq!(args.server_name.as_deref(), Some("exp-candle_2.x"));
         // --build-info prints and exits: no name needed.
         let args = Args::try_parse_from(["candle_server", "--build-info"]).expect("build info");
         assert!(args.build_info && args.server_name.is_none());
