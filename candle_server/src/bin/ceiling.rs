@@ -97,6 +97,11 @@ struct Args {
     /// Print the first N requests of the pool as JSON lines and exit (no database needed).
     #[arg(long = "print-requests", value_name = "N")]
     print_requests: Option<u32>,
+
+    /// Time N steps of the generator and print `{"ns_per_iter": ...}` (the harness's native
+    /// calibration loop, the same loop it times in CPython), then exit (no database needed).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
+    calibrate: Option<u64>,
 }
 
 /// An id bound or a seed: an integer of at most 2^53 in magnitude.
@@ -382,6 +387,10 @@ fn main() -> ExitCode {
     if let Some(n) = args.print_requests {
         return print_requests(&request_pool(args.seed, shape, n as usize));
     }
+    if let Some(n) = args.calibrate {
+        println!("{{\"ns_per_iter\":{:.4}}}", calibrate(n));
+        return ExitCode::SUCCESS;
+    }
     let requests = request_pool(args.seed, shape, args.pool_requests as usize);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -403,6 +412,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Nanoseconds per step of the generator over `iterations` steps: a fixed CPU-bound loop
+/// (a dependent multiply and remainder per step) that says how fast the machine is today.
+fn calibrate(iterations: u64) -> f64 {
+    let mut generator = ParkMiller::new(1);
+    let started = Instant::now();
+    let mut last = 0;
+    for _ in 0..iterations {
+        last = generator.next();
+    }
+    std::hint::black_box(last);
+    started.elapsed().as_nanos() as f64 / iterations as f64
 }
 
 fn fail(message: &str) -> ExitCode {
