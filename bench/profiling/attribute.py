@@ -36,6 +36,7 @@ class Attribution:
     layers: Counter = field(default_factory=Counter)          # kernel / libpython / native
     pending: int = 0
     unnamed_leaf: int = 0          # `other` samples whose leaf frame has no symbol
+    lost: int = 0                  # samples perf could not write (ring buffer full)
     pyspy: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -71,6 +72,7 @@ class Attribution:
             "sampled_cpu_s": round(self.sampled_cpu_s, 4),
             "named_share": round(self.named_share, 5),
             "pending_samples": self.pending,
+            "lost_samples": self.lost,
             "categories": categories,
             "layers": {k: round(v / layer_total, 4) for k, v in self.layers.items()} if layer_total else {},
             "pyspy": self.pyspy,

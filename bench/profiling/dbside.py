@@ -13,8 +13,9 @@ runs, the sampler's postgres groups):
   syscalls per request (perf stat, when perf may count);
 - driver: asyncpg alone, no HTTP server, the contract's two queries on `POOL` connections, closed
   loop or paced to a rate: PostgreSQL's CPU per transaction with fetchval (Execute with a row limit
-  of 1, as py_servers does), with fetch (no limit, as tokio-postgres does), and with both queries
-  in one statement (one round trip).
+  of 1, as py_servers does), with fetch (no limit, as tokio-postgres does), with both queries in
+  one statement (one round trip), and through an asyncpg pool without (py_servers) and with
+  (asyncpg's default) the reset query on release.
 
 Results go to results/<stamp>-dbside/dbside.json and a table on stdout. Keep runs short on a shared
 machine; the figures are only comparable within one run.
@@ -46,6 +47,7 @@ from bench.settings import Settings
 from rankbench import config, contract
 
 PG_PORT_FILTER = "tcp port {port}"
+DRIVER_VARIANTS = ("fetchval", "fetch", "one-round-trip", "pool-no-reset", "pool-default")
 ONE_ROUND_TRIP_SQL = ("SELECT u.features, i.id, i.features FROM users u "
                       "LEFT JOIN items i ON i.id = ANY($2) WHERE u.id = $1")
 
@@ -199,15 +201,35 @@ def load(bench: Bench, name: str, concurrency: int, seconds: int, warmup: int) -
 # -- asyncpg alone ------------------------------------------------------------------------------------
 async def _driver(dsn: str, variant: str, connections: int, seconds: float, rate: float | None,
                   facts) -> dict:
+    """`connections` workers, each on its own connection (or, for the pool variants, acquiring one
+    from an asyncpg pool of that size per transaction), closed loop or paced to `rate` in total."""
     import asyncpg
     import numpy as np
 
-    pool = [await asyncpg.connect(dsn) for _ in range(connections)]
+    from py_servers.db import _no_reset
+
     rng = np.random.default_rng(1)
     users = rng.integers(facts.users.min, facts.users.max + 1, size=200_000).tolist()
     items = rng.integers(facts.items.min, facts.items.max + 1, size=(2000, 10)).tolist()
+    pool = None
+    if variant.startswith("pool"):
+        # py_servers' pool (no reset query on release) or asyncpg's default one (reset on release)
+        reset = {"reset": _no_reset} if variant == "pool-no-reset" else {}
+        pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections, **reset)
+        conns = [None] * connections
+    else:
+        conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     done = 0
     stop_at = 0.0
+
+    async def transaction(conn, uid, ids) -> None:
+        if variant == "fetch":
+            if await conn.fetch(contract.USER_SQL, uid):
+                await conn.fetch(contract.ITEMS_SQL, ids)
+        elif variant == "one-round-trip":
+            await conn.fetch(ONE_ROUND_TRIP_SQL, uid, ids)
+        elif await conn.fetchval(contract.USER_SQL, uid) is not None:   # as py_servers does
+            await conn.fetch(contract.ITEMS_SQL, ids)
 
     async def worker(index: int, conn) -> None:
         nonlocal done
@@ -222,33 +244,41 @@ async def _driver(dsn: str, variant: str, connections: int, seconds: float, rate
                 next_at += interval
             uid, ids = users[k % len(users)], items[k % len(items)]
             k += connections
-            if variant == "fetchval":
-                user = await conn.fetchval(contract.USER_SQL, uid)
-                if user is not None:
-                    await conn.fetch(contract.ITEMS_SQL, ids)
-            elif variant == "fetch":
-                rows = await conn.fetch(contract.USER_SQL, uid)
-                if rows:
-                    await conn.fetch(contract.ITEMS_SQL, ids)
-            else:   # one round trip
-                await conn.fetch(ONE_ROUND_TRIP_SQL, uid, ids)
+            if pool is not None:
+                async with pool.acquire() as pooled:
+                    await transaction(pooled, uid, ids)
+            else:
+                await transaction(conn, uid, ids)
             done += 1
 
-    for conn in pool:     # prepare on every connection (statement cache), as the servers do
+    async def prepare(conn) -> None:    # every statement prepared once per connection, as servers do
         await conn.fetch(contract.USER_SQL, facts.users.min)
         await conn.fetchval(contract.USER_SQL, facts.users.min)
         await conn.fetch(contract.ITEMS_SQL, [facts.items.min])
         await conn.fetch(ONE_ROUND_TRIP_SQL, facts.users.min, [facts.items.min])
+
+    if pool is not None:
+        held = [await pool.acquire() for _ in range(connections)]
+        for conn in held:
+            await prepare(conn)
+        for conn in held:
+            await pool.release(conn)
+    else:
+        for conn in conns:
+            await prepare(conn)
     groups = PostgresGroups(_postmaster(), db.db_port(dsn), lambda: [os.getpid()])
     sampler = ResourceSampler(lambda: groups())
     stop_at = time.monotonic() + seconds
     sampler.start()
     t0 = time.monotonic()
-    await asyncio.gather(*(worker(i, c) for i, c in enumerate(pool)))
+    await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
     elapsed = time.monotonic() - t0
     result = sampler.stop()
-    for conn in pool:
-        await conn.close()
+    if pool is not None:
+        await pool.close()
+    for conn in conns:
+        if conn is not None:
+            await conn.close()
     d = result.groups["db"]
     return {"variant": variant, "rate_target": rate, "connections": connections,
             "tx_per_s": round(done / elapsed, 1),
@@ -309,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(row), flush=True)
         if "driver" not in skip:
             for rate in [float(r) for r in args.rates.split(",")]:
-                for variant in ("fetchval", "fetch", "one-round-trip"):
+                for variant in DRIVER_VARIANTS:
                     row = driver(bench.dsn, bench.facts, variant, settings.pool_size,
                                  args.duration, rate or None)
                     results["driver"].append(row)

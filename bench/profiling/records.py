@@ -26,6 +26,7 @@ SCHEMA = 1
 NAMED_TARGET = 0.90          # issue 14: at least 90% of sampled CPU in named categories
 SAMPLED_CPU_TOLERANCE = 0.2  # perf's sampled CPU vs the sampler's, relative
 UNNAMED_LEAF_LIMIT = 0.05
+LOST_LIMIT = 0.01
 
 CLIENT_KEYS = ("requests", "rps", "ok", "goodput_rps", "non2xx", "errors", "latency_us",
                "duration_s", "connections", "threads", "bytes")
@@ -88,6 +89,10 @@ def profile_warnings(profile: dict, attribution: Attribution) -> list[str]:
     if profile["named_share"] < NAMED_TARGET:
         warnings.append(f"only {profile['named_share']:.1%} of sampled CPU is in named categories "
                         f"(target {NAMED_TARGET:.0%}); see categories.other.top")
+    lost = attribution.lost / (attribution.samples + attribution.lost) if attribution.lost else 0.0
+    if lost > LOST_LIMIT:
+        warnings.append(f"perf lost {lost:.1%} of its samples (ring buffer full): the shares "
+                        f"stand, the sampled CPU is short by as much")
     ratio = profile.get("sampled_vs_measured_cpu")
     if ratio is not None and abs(ratio - 1) > SAMPLED_CPU_TOLERANCE:
         warnings.append(f"perf sampled {ratio:.0%} of the server CPU the sampler measured")

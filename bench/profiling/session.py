@@ -308,14 +308,16 @@ class ProfileSession:
                     yield sample
 
         script = tools.perf_script(self.perf, perf_data)
+        lost: list[tuple[float, int]] = []
         try:
             pyspy_stacks = (list(stacks.parse_pyspy_raw(pyspy_out.read_text().splitlines()))
                             if mode == "py-spy" else None)
-            result = attribute.attribute(in_window(stacks.parse_perf_script(script.stdout)),
-                                         pyspy_stacks)
+            result = attribute.attribute(
+                in_window(stacks.parse_perf_script(script.stdout, lost=lost)), pyspy_stacks)
         finally:
             script.stdout.close()
             script.wait()
+        result.lost = sum(n for t, n in lost if window[0] <= t <= window[1])
         flames = {}
         perf_folded = self.folder.flame / f"{job.tag}.perf.folded"
         stacks.write_folded(folded, perf_folded)

@@ -27,6 +27,7 @@ _HEADER = re.compile(r"^(?P<comm>\S.*?)\s+(?P<pid>-?\d+)/(?P<tid>-?\d+)\s+(?P<ti
                      r"(?:(?P<period>\d+)\s+)?(?P<event>[\w:.-]+):?\s*$")
 _FRAME = re.compile(r"^\s+(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$")
 _TRAMPOLINE = re.compile(r"^py::(?P<func>.+?):(?P<file>[^:]+)$")
+_LOST = re.compile(r"\s(?P<time>\d+\.\d+):\s+PERF_RECORD_LOST(?:_SAMPLES)?\s+lost\s+(?P<n>\d+)")
 _PYSPY_FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
 _LINE_SUFFIX = re.compile(r":\d+$")
 
@@ -78,13 +79,21 @@ def _perf_frame(ip: str, symbol: str, dso: str) -> Frame:
     return Frame("native", symbol, dso)
 
 
-def parse_perf_script(lines: Iterable[str], event: str | None = None) -> Iterator[Sample]:
+def parse_perf_script(lines: Iterable[str], event: str | None = None,
+                      lost: list | None = None) -> Iterator[Sample]:
     """Samples from `perf script` text (see the module docstring for the fields it needs).
     Lines that are neither a header nor a frame (perf's warnings) are skipped; a sample whose
-    header is malformed is dropped with its frames. `event` keeps only samples of that event."""
+    header is malformed is dropped with its frames. `event` keeps only samples of that event.
+    With `--show-lost-events`, perf says where its ring buffer overflowed: (time, samples lost)
+    go to `lost` when a list is given."""
     current: Sample | None = None
     for raw in lines:
         line = raw.rstrip("\n")
+        if lost is not None and "PERF_RECORD_LOST" in line:
+            match = _LOST.search(line)
+            if match:
+                lost.append((float(match.group("time")), int(match.group("n"))))
+            continue
         if not line.strip():
             if current is not None:
                 yield current

@@ -32,6 +32,7 @@ from pathlib import Path
 from bench.procs import Supervisor, Usage
 
 PERF_FIELDS = "comm,pid,tid,time,period,event,ip,sym,dso"
+MMAP_PAGES = 1024    # 4 MiB ring buffer per CPU: DWARF samples are ~8 KiB, 1k per busy core a second
 PARANOID = Path("/proc/sys/kernel/perf_event_paranoid")
 PTRACE_SCOPE = Path("/proc/sys/kernel/yama/ptrace_scope")
 
@@ -173,7 +174,7 @@ def with_perf_trampoline(argv: list[str]) -> list[str]:
 def perf_record_command(perf: str, pids: list[int], out: Path, config: ProfilerConfig) -> list[str]:
     return [perf, "record", "-q", "-e", "cpu-clock", "-c", str(config.period_ns),
             "--call-graph", f"dwarf,{config.dwarf_stack_bytes}", "-k", "CLOCK_MONOTONIC",
-            "-N", "-B", "-p", ",".join(map(str, pids)), "-o", str(out)]
+            "-m", str(MMAP_PAGES), "-N", "-B", "-p", ",".join(map(str, pids)), "-o", str(out)]
 
 
 def pyspy_record_command(pyspy: str, pid: int, out: Path, config: ProfilerConfig) -> list[str]:
@@ -185,7 +186,7 @@ def pyspy_record_command(pyspy: str, pid: int, out: Path, config: ProfilerConfig
 
 
 def perf_script_command(perf: str, data: Path) -> list[str]:
-    return [perf, "script", "-i", str(data), "--no-inline", "-F", PERF_FIELDS]
+    return [perf, "script", "-i", str(data), "--no-inline", "--show-lost-events", "-F", PERF_FIELDS]
 
 
 @dataclass

@@ -107,3 +107,17 @@ def test_fixture_attribution_names_everything():
     assert result.named_share == 1.0
     assert result.pending == 3              # py-none samples that perf saw as the eval loop
     assert abs(sum(result.weights.values()) - 52) < 1e-9
+
+
+def test_lost_events_are_counted_not_parsed_as_samples():
+    text = """\
+python3 23425/23425  2655.431430: PERF_RECORD_LOST lost 47
+python3 23425/23425  2655.431430:      50000 cpu-clock:
+\t    10 _start (/usr/bin/python3.11)
+
+python3 23425/23425  2656.000000: PERF_RECORD_LOST_SAMPLES lost 3
+"""
+    lost: list = []
+    samples = list(stacks.parse_perf_script(text.splitlines(), lost=lost))
+    assert len(samples) == 1 and samples[0].period_ns == 50_000
+    assert lost == [(2655.43143, 47), (2656.0, 3)]
