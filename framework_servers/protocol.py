@@ -80,6 +80,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_request_timer()
+        self._drop_cycles()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -121,11 +122,14 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
 
     def eof_received(self) -> bool:
         self._peer_eof = True
-        if self._in_message:
-            return False            # the request can never complete: close
-        # Keep our side open until the responses owed are written (on_response_complete closes).
-        return bool(self.pipeline) or (self._running is not None
-                                       and not self._running.response_complete)
+        running = self._running
+        if self.pipeline or (running is not None and not running.response_complete
+                             and not running.disconnected):
+            # Keep our side open until the responses owed are written (on_response_complete
+            # closes; an unfinished request behind them ends with its request timer).
+            return True
+        self._drop_cycles()         # an unfinished request can never complete now: close
+        return False
 
     # -- parser callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -184,6 +188,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
         if self._deferred is not None:
             self._write_and_linger(self._deferred)
         elif self._peer_eof:
+            self._drop_cycles()
             self.transport.close()
 
     def _reject(self, status: int, message: str) -> None:
@@ -225,7 +230,18 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
     def _request_timed_out(self) -> None:
         self._request_timer = None
         if self._in_message and not self.transport.is_closing():
+            self._drop_cycles()
             self.transport.close()
+
+    def _drop_cycles(self) -> None:
+        """Before the transport closes: every unanswered request must stop writing (uvloop raises
+        on a write to a closed transport) and stop waiting for a body. uvicorn marks only the
+        newest cycle, which misses the one running when pipelined requests queue behind it."""
+        cycles = [self._running, self.cycle, *(cycle for cycle, _ in self.pipeline)]
+        for cycle in cycles:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     def _cancel_request_timer(self) -> None:
         if self._request_timer is not None:
