@@ -28,7 +28,7 @@ CATEGORY_ORDER = ("kernel", "interpreter", "event_loop", "http", "json", "valida
 CATEGORY_COLOURS = {
     "kernel": "#4e79a7", "interpreter": "#e15759", "event_loop": "#f28e2b", "http": "#76b7b2",
     "json": "#59a14f", "validation": "#edc948", "db_driver": "#b07aa1", "pool": "#ff9da7",
-    "tensor": "#9c755f", "model": "#2f4b7c", "allocator": "#bab0ac", "timers_stats": "#86bcb6",
+    "tensor": "#9c755f", "model": "#2f4b7c", "allocator": "#bab0ac", "timers_stats": "#a0cbe8",
     "other": "#d3d3d3",
 }
 NAMED_TARGET = 0.90

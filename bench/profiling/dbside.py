@@ -14,8 +14,8 @@ runs, the sampler's postgres groups):
 - driver: asyncpg alone, no HTTP server, the contract's two queries on `POOL` connections, closed
   loop or paced to a rate: PostgreSQL's CPU per transaction with fetchval (Execute with a row limit
   of 1, as py_servers does), with fetch (no limit, as tokio-postgres does), with both queries in
-  one statement (one round trip), and through an asyncpg pool without (py_servers) and with
-  (asyncpg's default) the reset query on release.
+  one statement (one round trip), without asyncpg's statement cache, and through an asyncpg pool
+  without (py_servers) and with (asyncpg's default) the reset query on release.
 
 Results go to results/<stamp>-dbside/dbside.json and a table on stdout. Keep runs short on a shared
 machine; the figures are only comparable within one run.
@@ -47,7 +47,8 @@ from bench.settings import Settings
 from rankbench import config, contract
 
 PG_PORT_FILTER = "tcp port {port}"
-DRIVER_VARIANTS = ("fetchval", "fetch", "one-round-trip", "pool-no-reset", "pool-default")
+DRIVER_VARIANTS = ("fetchval", "fetch", "one-round-trip", "no-statement-cache", "pool-no-reset",
+                   "pool-default")
 ONE_ROUND_TRIP_SQL = ("SELECT u.features, i.id, i.features FROM users u "
                       "LEFT JOIN items i ON i.id = ANY($2) WHERE u.id = $1")
 
@@ -218,7 +219,9 @@ async def _driver(dsn: str, variant: str, connections: int, seconds: float, rate
         pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections, **reset)
         conns = [None] * connections
     else:
-        conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+        # no-statement-cache: asyncpg's statement_cache_size=0, every query parsed again
+        options = {"statement_cache_size": 0} if variant == "no-statement-cache" else {}
+        conns = [await asyncpg.connect(dsn, **options) for _ in range(connections)]
     done = 0
     stop_at = 0.0
 
