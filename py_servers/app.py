@@ -10,13 +10,18 @@ can be tested without a socket. Stage boundaries follow docs/contract.md:
     post   scores                      -> response body bytes (top-k + JSON)
     total  request complete            -> response bytes handed to the connection
 
+(--batching adds `queue`, validated request -> its batch starts, and times db, pre and infer per
+batch: py_servers/batching.py says how a batch's durations are attributed to its requests.)
+
 Optional API key (`api_key`): every request except GET /health must carry `X-API-Key: <key>`,
 checked (in constant time) before routing and validation, so that an unauthenticated client learns
 nothing about paths, methods or bodies; missing or wrong -> 401. Without a key `handle` is the plain
 router: the check costs nothing then.
 
 Validation errors are answered inside the parser callback (no task is created for them); a valid
-/rank request gets one task for its database round trips.
+/rank request gets one task for its database round trips, or, after `enable_batching` (--batching,
+the micro-batching variant, py_servers/batching.py), joins the batcher's queue instead: `_rank` is
+then `_rank_batched`, and the per-request path below is not used at all.
 """
 from __future__ import annotations
 
@@ -130,6 +135,15 @@ class App:
                 raise ValueError("the API key must not be empty")
             self._api_key = api_key.encode("utf-8", "surrogateescape")
             self.handle = self._handle_with_key     # instead of the unguarded router
+        self.batcher = None
+        self.batching = None
+
+    def enable_batching(self, batcher, settings: dict) -> None:
+        """Micro-batching: valid /rank requests go to `batcher` (this worker's
+        py_servers.batching.Batcher); `settings` (over all workers) are reported in /stats."""
+        self.batcher = batcher
+        self.batching = settings
+        self._rank = self._rank_batched
 
     error_body = staticmethod(error_body)
 
@@ -198,6 +212,18 @@ class App:
             return
         t_parsed = _perf_ns() if self.timers else 0
         self._spawn(self._rank_task(conn, request, user_id, item_ids, top_k, t0, t_parsed))
+
+    def _rank_batched(self, conn, request) -> None:
+        # _rank's validation, repeated rather than shared so that the per-request path keeps
+        # exactly the calls it had before batching existed.
+        t0 = request.received_ns
+        try:
+            user_id, item_ids, top_k = parse_rank(request.body_bytes())
+        except BadRequest as exc:
+            self._rank_done(conn, request, 400, error_body(str(exc)), None)
+            return
+        self.batcher.submit(conn, request, user_id, item_ids, top_k, t0,
+                            _perf_ns() if self.timers else 0)
 
     async def _rank_task(self, conn, request, user_id, item_ids, top_k, t0, t_parsed) -> None:
         timers = self.timers
@@ -284,6 +310,7 @@ class App:
             "per_worker": [{"pid": w["pid"], "ready": w["ready"], "requests": w["requests"],
                             "errors": w["errors"]} for w in merged["per_worker"]],
             "runtime_threads": self.shared_stats.runtime_threads(),
+            **({} if self.batcher is None else {"batching": {**self.batching, **merged["batches"]}}),
         }
 
 

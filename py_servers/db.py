@@ -29,6 +29,8 @@ import asyncpg
 
 USER_SQL = "SELECT features FROM users WHERE id = $1"
 ITEMS_SQL = "SELECT id, features FROM items WHERE id = ANY($1)"
+# The micro-batching variant (py_servers/batching.py): the user query widened to a batch's users.
+BATCH_USERS_SQL = "SELECT id, features FROM users WHERE id = ANY($1)"
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -96,14 +98,23 @@ async def _user_and_items(connection, user_id: int, item_ids: list[int]):
     return user, (None if user is None else await connection.fetch(ITEMS_SQL, item_ids))
 
 
+async def _users_and_items(connection, user_ids: list[int], items_for):
+    """A batch's two queries: every user, then the items of the requests whose user exists
+    (`items_for(found users)`; not run when there are none, as for an unknown user alone)."""
+    users = dict(await connection.fetch(BATCH_USERS_SQL, user_ids))
+    item_ids = items_for(users) if users else None
+    return users, (await connection.fetch(ITEMS_SQL, item_ids) if item_ids else [])
+
+
 async def _select_one(connection) -> None:
     await connection.fetchval("SELECT 1")
 
 
 class Database:
-    def __init__(self, dsn: str, pool_size: int):
+    def __init__(self, dsn: str, pool_size: int, *, batching: bool = False):
         self.dsn = dsn
         self.pool_size = pool_size
+        self.batching = batching      # which user statement warm() prepares: the one sent later
         self.pool: asyncpg.Pool | None = None
         self._loop_time = None
 
@@ -128,7 +139,10 @@ class Database:
         async def prepare_one():
             connection = await self.pool.acquire()
             try:
-                await connection.fetchval(USER_SQL, 0)
+                if self.batching:
+                    await connection.fetch(BATCH_USERS_SQL, [0])
+                else:
+                    await connection.fetchval(USER_SQL, 0)
                 await connection.fetch(ITEMS_SQL, [0])
             except BaseException as exc:
                 _discard_unless_idle(connection, exc)
@@ -176,6 +190,11 @@ class Database:
         """(user features or None, item rows); the items query runs only for a known user.
         Both queries on one pooled connection."""
         return await self._on_connection(_user_and_items, user_id, item_ids)
+
+    async def fetch_batch(self, user_ids: list[int], items_for):
+        """({user id: features} of the users found, item rows): a batch's two queries on one pooled
+        connection, the same deadlines as fetch()."""
+        return await self._on_connection(_users_and_items, user_ids, items_for)
 
     async def check(self) -> str | None:
         """None when the database answers, else the reason."""

@@ -8,6 +8,9 @@ SIGTERM or SIGINT: stop accepting, finish in-flight requests, close the pool, ex
 
 Each worker loads the model itself after the fork (no runtime thread pools are copied across a fork)
 and starts listening only once the model is warm and the pool is connected.
+
+--batching (the registry's micro-batching variants) coalesces each worker's concurrent /rank
+requests (py_servers/batching.py); --max-batch, --max-wait-us and --batches-in-flight tune it.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ from py_servers.backends import BACKENDS, BackendError, check_backend  # noqa: E
 from py_servers.stats import SharedStats  # noqa: E402
 from rankbench import config  # noqa: E402
 
+MICRO_BATCHING = "micro-batching"   # the registry's variant facet of a --batching server
+DEFAULT_MAX_BATCH = 64
+MAX_MAX_BATCH = 1024
+MAX_WAIT_US = 1_000_000
 SHUTDOWN_GRACE_S = 3.0      # worker: time given to in-flight requests
 SUPERVISOR_KILL_S = 4.5     # parent: SIGKILL what is still running after this
 
@@ -46,11 +53,25 @@ class Settings:
     model_dir: Path
     timers: bool
     api_key: str | None = field(default=None, repr=False)    # never printed
+    batching: bool = False         # the micro-batching variant (py_servers/batching.py)
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_us: int = 0
+    batches_in_flight: int | None = None     # total over the workers; None: --pool-size
 
     def pool_share(self, worker: int) -> int:
         """--pool-size is the total over all workers; at least one connection each."""
-        base, extra = divmod(self.pool_size, self.workers)
-        return max(1, base + (1 if worker < extra else 0))
+        return _share(self.pool_size, self.workers, worker)
+
+    def batch_slots(self, worker: int) -> int:
+        """--batches-in-flight is the total over all workers, split like --pool-size (so never more
+        than a worker's pool share); default: the pool share."""
+        total = self.pool_size if self.batches_in_flight is None else self.batches_in_flight
+        return _share(total, self.workers, worker)
+
+
+def _share(total: int, workers: int, worker: int) -> int:
+    base, extra = divmod(total, workers)
+    return max(1, base + (1 if worker < extra else 0))
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -77,6 +98,19 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--no-timers", action="store_true",
                         help="do not time stages (to measure what the timers cost); "
                              "/stats still counts requests and errors")
+    batching = parser.add_argument_group(
+        "micro-batching", "coalesce concurrent /rank requests: one database round trip and one "
+                          "inference call per batch (py_servers/batching.py)")
+    batching.add_argument("--batching", action="store_true",
+                          help="serve /rank in batches (the registry's micro-batching variants)")
+    batching.add_argument("--max-batch", type=int, default=None, metavar="N",
+                          help=f"requests per batch at most (default {DEFAULT_MAX_BATCH})")
+    batching.add_argument("--max-wait-us", type=int, default=None, metavar="US",
+                          help="wait up to US microseconds for a fuller batch once a slot is free "
+                               "(default 0: no timer, whatever is queued goes)")
+    batching.add_argument("--batches-in-flight", type=int, default=None, metavar="N",
+                          help="batches served at once, in total over the workers and split like "
+                               "--pool-size; at most --pool-size (default: --pool-size)")
     args = parser.parse_args(argv)
     if args.api_key == "":
         # An empty key would accept an empty header: refuse rather than guess what was meant.
@@ -95,6 +129,10 @@ def parse_args(argv: list[str] | None) -> Settings:
         parser.error(f"--server-name {name} is registered in rankbench.servers as a "
                      f"{spec.language} server with backend {spec.backend}, "
                      f"not a python server with --backend {args.backend}")
+    if spec is not None and (spec.variant == MICRO_BATCHING) != args.batching:
+        parser.error(f"--server-name {name} is registered in rankbench.servers with variant "
+                     f"{spec.variant}: " + ("it needs --batching" if not args.batching else
+                                            "--batching belongs to a micro-batching variant"))
     if args.port is None:
         if spec is None:
             parser.error("--port is required for a server not in rankbench.servers")
@@ -105,9 +143,27 @@ def parse_args(argv: list[str] | None) -> Settings:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.pool_size < 1:
         parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
+    if not args.batching:
+        given = [flag for flag, value in (("--max-batch", args.max_batch),
+                                          ("--max-wait-us", args.max_wait_us),
+                                          ("--batches-in-flight", args.batches_in_flight))
+                 if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} only apply with --batching")
+    max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
+    max_wait_us = 0 if args.max_wait_us is None else args.max_wait_us
+    if not 1 <= max_batch <= MAX_MAX_BATCH:
+        parser.error(f"--max-batch must be 1..{MAX_MAX_BATCH}, got {max_batch}")
+    if not 0 <= max_wait_us <= MAX_WAIT_US:
+        parser.error(f"--max-wait-us must be 0..{MAX_WAIT_US}, got {max_wait_us}")
+    if args.batches_in_flight is not None and not 1 <= args.batches_in_flight <= args.pool_size:
+        parser.error(f"--batches-in-flight must be 1..--pool-size ({args.pool_size}): a batch "
+                     f"holds one pooled connection, got {args.batches_in_flight}")
     return Settings(server_name=name, backend=args.backend, host=args.host, port=args.port,
                     dsn=args.dsn or config.dsn(), workers=args.workers, pool_size=args.pool_size,
-                    model_dir=args.model_dir, timers=not args.no_timers, api_key=api_key)
+                    model_dir=args.model_dir, timers=not args.no_timers, api_key=api_key,
+                    batching=args.batching, max_batch=max_batch, max_wait_us=max_wait_us,
+                    batches_in_flight=args.batches_in_flight)
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -176,7 +232,7 @@ async def _serve(settings: Settings, index: int, sock, shared: SharedStats, back
 
     pool_size = settings.pool_share(index)
     shared.set_worker(index, pid=os.getpid(), pool_size=pool_size)
-    database = Database(settings.dsn, pool_size)
+    database = Database(settings.dsn, pool_size, batching=settings.batching)
     try:
         problem = await database.open()
     except RuntimeError as exc:
@@ -194,6 +250,16 @@ async def _serve(settings: Settings, index: int, sock, shared: SharedStats, back
               workers=settings.workers,
               pool_total=sum(settings.pool_share(w) for w in range(settings.workers)),
               api_key=settings.api_key)
+    if settings.batching:
+        from py_servers.batching import Batcher
+
+        slots = [settings.batch_slots(w) for w in range(settings.workers)]
+        app.enable_batching(
+            Batcher(database=database, infer=backend.infer, recorder=app.recorder,
+                    spawn=app._spawn, max_batch=settings.max_batch,
+                    max_wait_us=settings.max_wait_us, slots=slots[index]),
+            {"max_batch": settings.max_batch, "max_wait_us": settings.max_wait_us,
+             "batches_in_flight": sum(slots), "batches_in_flight_per_worker": slots})
     head = ResponseHead(name)
     # Everything allocated so far (the runtime's modules: ~190k objects with torch) lives as long
     # as the process. Freezing it keeps the cyclic collector from walking it again: a full
@@ -353,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         print(f"{settings.server_name}: {exc.code}", file=sys.stderr)
         return 1
-    shared = SharedStats(settings.workers)
+    shared = SharedStats(settings.workers, max_batch=settings.max_batch if settings.batching else 0)
     if settings.workers == 1:
         return run_worker(settings, 0, sockets[0], shared)
     return supervise(settings, sockets, shared)
