@@ -120,6 +120,7 @@ class ServerRunFacts:
     build_sha_now: str | None = None
     build_sha_at_start: str | None = None
     binary: str | None = None
+    tool: str = "wrk"              # the load generator, as the warnings name it
 
 
 def server_run_warnings(f: ServerRunFacts) -> list[str]:
@@ -134,12 +135,12 @@ def server_run_warnings(f: ServerRunFacts) -> list[str]:
     duration = client.get("duration_s") or 0.0
     load_share = f.load_cpu_s / (duration * f.wrk_threads) if duration else 0.0
     if load_share > thresholds.LOAD_SATURATED_CORES:
-        warnings.append(f"wrk saturated: it used {load_share:.0%} of a core per thread "
+        warnings.append(f"{f.tool} saturated: it used {load_share:.0%} of a core per thread "
                         f"(> {thresholds.LOAD_SATURATED_CORES:.0%}); the load generator may be the "
                         f"bottleneck")
     errors = sum(v for k, v in client["errors"].items() if k != "status")
     if errors:
-        warnings.append(f"wrk socket errors: {client['errors']}")
+        warnings.append(f"{f.tool} socket errors: {client['errors']}")
     if client["non2xx"]:
         warnings.append(f"{client['non2xx']} non-2xx responses")
     if requests == 0:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -35,6 +36,19 @@ from bench.serverproc import HOST, BenchError, RunningServer, http_call
 from bench.settings import Settings
 
 __all__ = ["Bench", "BenchError"]
+
+
+@dataclass
+class MeasuredLoad:
+    """What a measured load run gives the record: the `client` object, the generator's CPU during
+    the load and how it was measured, its exact usage (wait4), its log and its thread count."""
+    client: dict
+    usage: Usage
+    log: Path
+    cpu_s: float
+    measured: str
+    threads: int
+    tool: str = "wrk"
 
 
 class Bench:
@@ -333,6 +347,23 @@ class Bench:
             raise BenchError(str(exc), server.name, phase, out) from None
         return data, usage, out
 
+    def warm_up(self, server: RunningServer, run: plan.Run, tag: str) -> dict:
+        """The discarded warm-up before a measured run; returns its errors by kind (non-zero only)."""
+        warm, _, _ = self.wrk_run(server, run, self.settings.warmup_s, tag + ".warmup",
+                                  "run: warm-up")
+        return {k: v for k, v in warm["errors"].items() if v}
+
+    def measured_load(self, server: RunningServer, run: plan.Run, tag: str) -> MeasuredLoad:
+        """The measured load of a server run (wrk here; bench.slo sends an open-loop one)."""
+        data, usage, out = self.wrk_run(server, run, self.settings.duration_s, tag)
+        # wrk's CPU during the load (rank.lua reports it); its whole life from wait4 otherwise.
+        window_cpu = wrk.window_cpu_s(data)
+        return MeasuredLoad(
+            client=wrk.client_record(data, run.concurrency), usage=usage, log=out,
+            cpu_s=window_cpu if window_cpu is not None else usage.cpu_s,
+            measured="wrk os.clock() init..done" if window_cpu is not None else
+            "wait4 (whole process)", threads=self.settings.wrk_threads)
+
     def postgres_groups(self, client_pid: int):
         if not self.postmaster_pid:
             return None
@@ -355,8 +386,7 @@ class Bench:
         statements_error = None
         try:
             if s.warmup_s > 0:
-                warm, _, _ = self.wrk_run(server, run, s.warmup_s, tag + ".warmup", "run: warm-up")
-                warmup_errors = {k: v for k, v in warm["errors"].items() if v}
+                warmup_errors = self.warm_up(server, run, tag)
             status, body = http_call(server.port, "POST", "/stats/reset")
             if status != 204:
                 raise BenchError(f"POST /stats/reset answered {status}: {body[:200]!r}", run.server,
@@ -374,7 +404,7 @@ class Bench:
             sampler = self.active_sampler = ResourceSampler(groups)
             rusage0 = os.times()
             sampler.start()
-            data, usage, wrk_out = self.wrk_run(server, run, s.duration_s, tag)
+            load = self.measured_load(server, run, tag)
             sampled = sampler.stop()
             self.active_sampler = None
             rusage1 = os.times()
@@ -396,7 +426,7 @@ class Bench:
         finally:
             exit_code, stop_s = self.stop_server(server)
 
-        client = wrk.client_record(data, run.concurrency)
+        client = load.client
         requests = client["requests"]
         harness_cpu = (rusage1.user + rusage1.system) - (rusage0.user + rusage0.system)
         resources = records.resources(sampled, requests, harness_cpu, psutil.cpu_count(),
@@ -406,22 +436,20 @@ class Bench:
         if resources.get("db"):
             # RSS counts shared_buffers pages once per backend; PSS splits them fairly.
             resources["db"]["pss_end_mb"] = db_pss_mb
-        # wrk's CPU during the load (rank.lua reports it); its whole life from wait4 otherwise.
-        window_cpu = wrk.window_cpu_s(data)
-        load_cpu = window_cpu if window_cpu is not None else usage.cpu_s
-        resources["load"] = records.load_record(
-            load_cpu, requests, client["duration_s"], usage,
-            "wrk os.clock() init..done" if window_cpu is not None else "wait4 (whole process)")
+        load_cpu = load.cpu_s
+        resources["load"] = records.load_record(load_cpu, requests, client["duration_s"],
+                                                load.usage, load.measured)
         records.add_unattributed(resources)
         client["bytes_per_response"] = round(client["bytes"] / requests, 2) if requests else None
 
         built = self.env.get("servers", {}).get(run.server, {}).get("build", {})
         warnings = records.server_run_warnings(records.ServerRunFacts(
             client=client, stats=stats, workers=self.workers, backend=server.spec.backend,
-            load_cpu_s=load_cpu, wrk_threads=s.wrk_threads, statements=statements or [],
+            load_cpu_s=load_cpu, wrk_threads=load.threads, statements=statements or [],
             contract_statements=set(contract.STATEMENTS), exit_code=exit_code,
             warmup_errors=warmup_errors, build_sha_now=build.get("sha256"),
-            build_sha_at_start=built.get("sha256"), binary=build.get("binary")))
+            build_sha_at_start=built.get("sha256"), binary=build.get("binary"),
+            tool=load.tool))
         if statements_error:
             warnings.append(f"database statements not checked: {statements_error}")
         warnings += records.foreign_warnings(resources, bool(self.postmaster_pid))
@@ -437,7 +465,7 @@ class Bench:
                          "port": server.port, "startup_s": round(server.startup_s, 3),
                          "stop_s": round(stop_s, 3), "exit_code": exit_code,
                          "stderr_log": self.folder.relative(server.stderr),
-                         "wrk_log": self.folder.relative(wrk_out)},
+                         "wrk_log": self.folder.relative(load.log)},
             db_statements=statements,
             db_statements_error=statements_error,
             fairness=self._fairness(build, stats.get("runtime_threads")),
