@@ -173,6 +173,24 @@ REGISTRY: tuple[ServerSpec, ...] = (
                build_command=framework_server("fastapi", "onnx"),
                notes="FastAPI + uvicorn alone: async def, py_servers' asyncpg code, orjson, "
                      "one intra-op thread", **_FRAMEWORK),
+    # Micro-batching (issue 15): py_servers --batching, ports the per-request ports + 20.
+    ServerSpec("py-torch-batch", runtime="torch", backend="torch", default_port=8021,
+               variant="micro-batching", floor="py-none-batch",
+               build_command=lambda common: python_server("torch")(common) + ["--batching"],
+               startup_timeout_s=90.0, notes="py-torch with requests coalesced into batches", **_PY),
+    ServerSpec("py-onnx-batch", runtime="onnxruntime", backend="onnx", default_port=8022,
+               variant="micro-batching", floor="py-none-batch",
+               build_command=lambda common: python_server("onnx")(common) + ["--batching"],
+               notes="py-onnx with requests coalesced into batches", **_PY),
+    ServerSpec("py-candle-batch", runtime="candle", backend="candle", default_port=8024,
+               variant="micro-batching", floor="py-none-batch",
+               build_command=lambda common: python_server("candle")(common) + ["--batching"],
+               prerequisites=(_PY_CANDLE_EXT,),
+               notes="py-candle with requests coalesced into batches", **_PY),
+    ServerSpec("py-none-batch", runtime=NO_MODEL, backend="none", default_port=8025,
+               variant="micro-batching",
+               build_command=lambda common: python_server("none")(common) + ["--batching"],
+               notes="the DB-and-HTTP floor, requests coalesced into batches", **_PY),
 )
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}
