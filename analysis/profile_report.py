@@ -96,7 +96,9 @@ class ServerProfile:
 
     @property
     def cpu_us(self) -> float | None:
-        return self._mean(lambda r: r["windows"]["perf"]["resources"]["server"]["cpu_us_per_req"])
+        """Server CPU per request the categories divide: the unprofiled window's."""
+        return self._mean(
+            lambda r: r["windows"]["unprofiled"]["resources"]["server"]["cpu_us_per_req"])
 
     def window(self, which: str, get) -> float | None:
         return self._mean(lambda r: get(r["windows"][which]) if which in r["windows"] else None)
@@ -243,8 +245,10 @@ def render(run: ProfileRun, figures: bool = True) -> str:
     out.append("")
     out.append("Categories come from one table of rules (`bench/profiling/rules.py`); CPU per "
                "request of a category = its share of perf's samples x the server CPU per request "
-               "that the harness's sampler measured over the same window. The method and its "
-               "limits: [docs/profiles.md](../../docs/profiles.md).")
+               "that the harness's sampler measured in the unprofiled window of the same server "
+               "process (taking samples costs the server CPU that no sample sees; the perf "
+               "window's figure is in the overhead table). The method and its limits: "
+               "docs/profiles.md in the repository.")
     out.append("")
     for config, servers in configurations(run).items():
         slug = f"i{config[0]}_c{config[1]}"

@@ -11,7 +11,8 @@ figure rests on it. Without py-spy samples the pending share stays `interpreter`
 Python code), with a note.
 
 CPU per request of a category = its share of the samples x the server's CPU per request measured
-by the harness's sampler over the same window.
+by the harness's sampler (records.py takes the unprofiled window's: perf's own cost per sample is
+charged to the server but seen by no sample).
 """
 from __future__ import annotations
 

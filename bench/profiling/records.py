@@ -9,8 +9,10 @@ One record per (server, items, concurrency, repeat):
                            cpu_s, cpu_us_per_req, user_s, system_s; machine), window (monotonic
                            seconds), profilers (their own CPU), valid, warnings
   overhead                 {perf, py-spy}: requests/s and server CPU per request vs unprofiled
-  profile                  samples, sampled_cpu_s, sampled_vs_measured_cpu, named_share,
-                           categories {name: label, samples, share, cpu_us_per_req,
+  profile                  samples, sampled_cpu_s, sampled_vs_measured_cpu (perf's samples over
+                           the perf window's measured CPU), named_share, cpu_us_per_req_basis
+                           and _perf_window, categories {name: label, samples, share,
+                           cpu_us_per_req (share x the unprofiled window's CPU per request),
                            estimated_share, top [[frame, share of the category], ...]}, layers,
                            pending_samples, pyspy, notes
   flamegraphs              paths (relative to the results folder) of the folded stacks and SVGs
@@ -106,8 +108,14 @@ def profile_warnings(profile: dict, attribution: Attribution) -> list[str]:
 def profile_record(*, job, spec, settings, workers: int, started_at: str, mode: str,
                    order: list[str], windows: dict, attribution: Attribution, flames: dict,
                    relative) -> dict:
+    # Shares describe the server's own work: taking a sample (the interrupt, the stack copy) is CPU
+    # charged to the server that no sample can see. So the shares apply to the CPU per request of
+    # the unprofiled window; the perf window's own figure is kept beside it.
     server = windows["perf"]["resources"].get("server") or {}
-    profile = attribution.as_record(server.get("cpu_us_per_req"))
+    basis = (windows["unprofiled"]["resources"].get("server") or {}).get("cpu_us_per_req")
+    profile = attribution.as_record(basis)
+    profile["cpu_us_per_req_basis"] = "unprofiled window"
+    profile["cpu_us_per_req_perf_window"] = server.get("cpu_us_per_req")
     profile["sampled_vs_measured_cpu"] = (round(attribution.sampled_cpu_s / server["cpu_s"], 4)
                                           if server.get("cpu_s") else None)
     profile["unnamed_leaf_samples"] = attribution.unnamed_leaf

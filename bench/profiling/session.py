@@ -369,7 +369,7 @@ def summary_line(record: dict) -> str:
     top = sorted(((v["share"], k) for k, v in profile["categories"].items() if k != "other"),
                  reverse=True)[:3]
     tops = ", ".join(f"{k} {share:.0%}" for share, k in top)
-    cpu = record["windows"]["perf"]["resources"]["server"].get("cpu_us_per_req")
+    cpu = record["windows"]["unprofiled"]["resources"]["server"].get("cpu_us_per_req")
     spy = record["windows"].get("py-spy")
     spied = f", {spy['client']['rps']:.0f} under py-spy" if spy else ""
     line = (f"{plain['rps']:.0f} req/s unprofiled, {prof['rps']:.0f} under perf "
