@@ -19,7 +19,7 @@ decides gives the sample its category:
 - once the walk reaches CPython's evaluation loop, the CPU was spent running Python code, and only
   Python frames decide from there on (else every callback would belong to the event loop that calls
   it): the first Python frame with a rule gives the category, and the server's own glue code
-  (`py_servers/` outside db, http, stats and the request parser) is `interpreter`. Without Python
+  (`py_servers/`, `framework_servers/` where no finer rule applies) is `interpreter`. Without Python
   frames in the stack (perf on CPython < 3.12) the sample is `PENDING`: the attribution splits
   those samples over categories in the proportions that py-spy saw (attribute.py).
 
