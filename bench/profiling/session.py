@@ -145,7 +145,7 @@ class ProfileSession:
         jobs = self.plan(servers)
         per_job = s.warmup_s + 3 * s.duration_s + 12
         self.say(f"[profile] plan: {', '.join(servers)}; items {list(s.items)} x concurrency "
-                 f"{list(s.concurrency)} x {s.repeats} repeat(s) = {len(jobs)} server runs, each "
+                 f"{list(s.concurrency)} x {s.repeats} repeat(s) = {len(jobs)} server run(s), each "
                  f"{s.warmup_s} s warm-up + {s.duration_s} s unprofiled + {s.duration_s} s under perf "
                  f"(+ {s.duration_s} s under py-spy on CPython < 3.12), about "
                  f"{len(jobs) * per_job / 60:.0f} min with post-processing")
