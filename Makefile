@@ -73,6 +73,13 @@ bench-quick: seed model build
 bench-sweep: seed model build
 	@$(PY) -m bench --profile sweep
 
+# Where each server's CPU goes: perf (+ py-spy on CPython < 3.12) under the bench's wrk load,
+# attributed to named categories; results/<UTC>-profile/. SERVERS= ITEMS= CONCURRENCY= DURATION=
+# WARMUP= REPEATS= WORKERS= POOL= PIN= as in the bench.
+.PHONY: bench-profile
+bench-profile: seed model build
+	@$(PY) -m bench.profile
+
 # Fault suite with issue 7's full figures; rewrites docs/robustness.md (RANKBENCH_SERVERS selects).
 .PHONY: faults soak
 faults: seed model build

@@ -22,6 +22,7 @@ have_pg_server() {
 missing=()
 have_pg_server || missing+=(postgresql)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v perf >/dev/null 2>&1 || missing+=(linux-perf)      # make bench-profile
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${missing[*]} with apt-get"
@@ -38,6 +39,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust stable (https://rustup.rs) and rerun make setup"
+# Flame graphs of make bench-profile (a pinned release from crates.io).
+command -v inferno-flamegraph >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/inferno-flamegraph" ] || {
+    echo "setup: installing inferno (flame graphs)"
+    cargo install --quiet --locked inferno --version 0.12.8 || fail "cargo install inferno failed"; }
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
