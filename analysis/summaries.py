@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from rankbench import histogram as hist
+from rankbench.contract import VARIANT_STAGES
 from rankbench.thresholds import HISTOGRAM_COUNT_TOLERANCE
 
 from analysis.findings import Finding
+
 from analysis.load import (CEILING, HANDLER_TOTAL, MEASURED_STAGES, PGBENCH, RESOURCE_SIDES,
                            Config, Results, ResultsError, Run, ServerFacts)
 from analysis.stats import Stat, median_stat, pooled, ratio_stat
@@ -190,7 +192,8 @@ def summarize_server(config: Config, server: str, all_runs: list[Run], facts: Se
     if len(backends) > 1:
         findings.append(Finding("analysis", where,
                                 f"repeats disagree on the backend: {sorted(backends)}"))
-    unknown = sorted({name for r in runs for name in r.stages} - {*MEASURED_STAGES, HANDLER_TOTAL})
+    unknown = sorted({name for r in runs for name in r.stages}
+                     - {*MEASURED_STAGES, HANDLER_TOTAL, *VARIANT_STAGES})
     if unknown:
         findings.append(Finding("analysis", where,
                                 f"stages outside the contract ({', '.join(unknown)}) are counted "

@@ -446,7 +446,8 @@ class Bench:
         warnings = records.server_run_warnings(records.ServerRunFacts(
             client=client, stats=stats, workers=self.workers, backend=server.spec.backend,
             load_cpu_s=load_cpu, wrk_threads=load.threads, statements=statements or [],
-            contract_statements=set(contract.STATEMENTS), exit_code=exit_code,
+            contract_statements=set(contract.statements_for(server.spec.variant)),
+            exit_code=exit_code,
             warmup_errors=warmup_errors, build_sha_now=build.get("sha256"),
             build_sha_at_start=built.get("sha256"), binary=build.get("binary"),
             tool=load.tool))
@@ -462,6 +463,7 @@ class Bench:
             server_info={"health": server.health, "server": stats.get("server"),
                          "backend": stats.get("backend"), "workers": stats.get("workers"),
                          "requests": stats.get("requests"), "errors": stats.get("errors"),
+                         "batching": stats.get("batching"),
                          "port": server.port, "startup_s": round(server.startup_s, 3),
                          "stop_s": round(stop_s, 3), "exit_code": exit_code,
                          "stderr_log": self.folder.relative(server.stderr),

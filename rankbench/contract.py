@@ -8,6 +8,9 @@ from __future__ import annotations
 STAGES = ("parse", "db", "pre", "infer", "post", "total")
 COMPUTE_STAGES = ("parse", "pre", "infer", "post")       # the CPU work between the db round trip
 MEASURED_STAGES = STAGES[:-1]                             # every stage but the total
+# Stages a variant adds (docs/contract.md): `queue`, arrival to batch start (micro-batching).
+VARIANT_STAGES = ("queue",)
+MICRO_BATCHING = "micro-batching"                          # the variant facet of batching servers
 
 # Kinds of client-side errors, as wrk counts them.
 ERROR_KINDS = ("connect", "read", "write", "status", "timeout")
@@ -28,3 +31,11 @@ SUPPORTED_SCHEMAS = tuple(SCHEMA_HISTORY)
 USER_SQL = "SELECT features FROM users WHERE id = $1"
 ITEMS_SQL = "SELECT id, features FROM items WHERE id = ANY($1)"
 STATEMENTS = (USER_SQL, ITEMS_SQL)
+# A micro-batching server widens the user statement to the batch's users.
+BATCH_USERS_SQL = "SELECT id, features FROM users WHERE id = ANY($1)"
+BATCH_STATEMENTS = (BATCH_USERS_SQL, ITEMS_SQL)
+
+
+def statements_for(variant: str) -> tuple[str, ...]:
+    """The statements a server of this variant may send."""
+    return BATCH_STATEMENTS if variant == MICRO_BATCHING else STATEMENTS
