@@ -61,7 +61,7 @@ fn main() {
 }
 
 /// Crates whose resolved versions the results record.
-const RECORDED_CRATES: [&str; 8] = [
+const RECORDED_CRATES: [&str; 9] = [
     "candle-core",
     "candle-nn",
     "gemm",
@@ -70,6 +70,7 @@ const RECORDED_CRATES: [&str; 8] = [
     "tokio",
     "tokio-postgres",
     "deadpool-postgres",
+    "ort",
 ];
 
 /// The version Cargo.lock resolved for `name` (the first, should there be several).

@@ -191,6 +191,20 @@ REGISTRY: tuple[ServerSpec, ...] = (
                variant="micro-batching",
                build_command=lambda common: python_server("none")(common) + ["--batching"],
                notes="the DB-and-HTTP floor, requests coalesced into batches", **_PY),
+    # Rust on ONNX Runtime (issue 17): candle_server --runtime onnx runs ranknet.onnx through the
+    # ort crate on the libonnxruntime that .venv's onnxruntime package ships (py-onnx's very build,
+    # loaded at run time; the binary finds it in .venv itself and reports its path in /stats).
+    ServerSpec("rust-onnx", runtime="onnxruntime", backend="onnx", default_port=8007,
+               floor="candle-no-model",
+               build_command=rust_server(CANDLE_BINARY, "--runtime", "onnx"),
+               notes="candle_server --runtime onnx: the ort crate on .venv's libonnxruntime",
+               **{**_RUST, "prerequisites": (
+                   *_RUST["prerequisites"],
+                   Prerequisite("file", str(max(
+                       ROOT.glob(".venv/lib/python*/site-packages/onnxruntime/capi/"
+                                 "libonnxruntime.so.*"),
+                       default=ROOT / ".venv/lib/python3/site-packages/onnxruntime/capi/"
+                                      "libonnxruntime.so")), "make setup"))}),
 )
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}

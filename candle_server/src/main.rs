@@ -7,10 +7,12 @@ use clap::Parser;
 
 use candle_server::model::RankNet;
 use candle_server::runtime;
-use candle_server::server::app::{AppState, Scorer};
+use candle_server::server::app::AppState;
 use candle_server::server::build_info::build_info;
-use candle_server::server::cli::Args;
+use candle_server::server::cli::{Args, Runtime};
 use candle_server::server::db::{self, Database};
+use candle_server::server::onnx::{self, OnnxRankNet};
+use candle_server::server::scorer::{NoModel, Scorer};
 use candle_server::server::transport::{serve, Listen, Settings};
 
 fn main() -> ExitCode {
@@ -38,11 +40,7 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
     if let Some(key) = &args.api_key {
         AppState::check_api_key(key)?;
     }
-    let scorer = if args.no_model {
-        Scorer::Constant
-    } else {
-        Scorer::Candle(RankNet::load_dir(&args.model_dir).map_err(|e| e.to_string())?)
-    };
+    let scorer = load_scorer(&args, workers)?;
     let pg_config = db::pg_config(&args.dsn)?;
     let databases = db::split_pool(usize::from(args.pool_size), workers)?
         .into_iter()
@@ -60,16 +58,39 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
         let server =
             serve(state.clone(), databases, Listen::Bind(args.host.clone(), args.port), settings)
                 .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let backend = state.scorer.backend();
+        // Candle's thread count is what matters only when Candle computes.
+        let threads = if backend == "candle" {
+            format!(", candle threads {candle_threads}")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "candle_server: {} listening on http://{}:{} (workers {workers}, pool {}, backend {}, \
-             candle threads {candle_threads})",
-            state.server,
-            args.host,
-            args.port,
-            args.pool_size,
-            state.scorer.backend(),
+            "candle_server: {} listening on http://{}:{} (workers {workers}, pool {}, backend \
+             {backend}{threads})",
+            state.server, args.host, args.port, args.pool_size,
         );
         server.await.map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+/// The scorer of `--runtime` (or none with `--no-model`), loaded before the socket listens.
+fn load_scorer(args: &Args, workers: usize) -> Result<Box<dyn Scorer>, String> {
+    if args.no_model {
+        return Ok(Box::new(NoModel));
+    }
+    Ok(match args.runtime {
+        Runtime::Candle => Box::new(RankNet::load_dir(&args.model_dir).map_err(|e| e.to_string())?),
+        Runtime::Onnx => {
+            let library = args.onnxruntime_lib.clone().or_else(onnx::find_library).ok_or(
+                "no ONNX Runtime library: none found in a .venv (its onnxruntime package ships \
+                 one: `make setup`); name one with --onnxruntime-lib or ORT_DYLIB_PATH",
+            )?;
+            // One session per worker: each worker runs its own.
+            Box::new(
+                OnnxRankNet::load(&library, &args.model_dir, workers).map_err(|e| e.to_string())?,
+            )
+        }
     })
 }
 

@@ -125,3 +125,61 @@ fn no_model_server_reports_no_runtime_threads() {
     assert_eq!((&stats["server"], &stats["backend"]), (&json!("bin-floor"), &json!("none")));
     assert_eq!(stats["runtime_threads"], json!({}));
 }
+
+#[test]
+fn onnx_server_reports_the_options_onnx_runtime_holds() {
+    let model_dir = common::artifacts_dir();
+    let library = common::onnx_library();
+    let flags = ["--server-name", "bin-onnx", "--runtime", "onnx", "--workers", "2"];
+    let paths = ["--model-dir", model_dir.to_str().expect("UTF-8")];
+    let library_flag = ["--onnxruntime-lib", library.to_str().expect("UTF-8")];
+    let server = Server::start(&[&flags[..], &paths, &library_flag].concat());
+    let (status, stats) = server.get("/stats");
+    assert_eq!(status, 200);
+    assert_eq!((&stats["server"], &stats["backend"]), (&json!("bin-onnx"), &json!("onnx")));
+    assert_eq!(stats["workers"], json!(2));
+    let threads = &stats["runtime_threads"];
+    for (key, want) in [
+        ("execution_mode", json!("ORT_SEQUENTIAL")),
+        ("session.intra_op.allow_spinning", json!("0")),
+        ("session.inter_op.allow_spinning", json!("0")),
+        ("intra_op_num_threads_set", json!(1)),
+        ("inter_op_num_threads_set", json!(1)),
+    ] {
+        assert_eq!(threads[key], want, "{key}: {threads}");
+    }
+    let loaded = std::fs::canonicalize(&library).expect("library path");
+    assert_eq!(threads["onnxruntime_library"], json!(loaded.to_str().expect("UTF-8")));
+    // Two workers, the main thread, actix's acceptor: one intra-op thread per session is the
+    // calling worker itself, so ONNX Runtime starts no pool of its own.
+    let os_threads = threads["os_threads"].as_u64().expect("os_threads");
+    assert!((4..=6).contains(&os_threads), "{threads}");
+}
+
+#[test]
+fn an_unusable_onnx_runtime_library_is_one_line_and_exit_1() {
+    let model_dir = common::artifacts_dir();
+    // The package's other library: a real shared object, but not ONNX Runtime's API.
+    let not_onnxruntime =
+        common::onnx_library().with_file_name("libonnxruntime_providers_shared.so");
+    let missing = model_dir.join("no-such-libonnxruntime.so");
+    for (library, message) in [
+        (missing.as_path(), "candle_server: no ONNX Runtime library at "),
+        (not_onnxruntime.as_path(), "candle_server: ONNX Runtime: "),
+    ] {
+        let out = run(&[
+            "--server-name",
+            "bin-onnx",
+            "--runtime",
+            "onnx",
+            "--model-dir",
+            model_dir.to_str().expect("UTF-8"),
+            "--onnxruntime-lib",
+            library.to_str().expect("UTF-8"),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with(message), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

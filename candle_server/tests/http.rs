@@ -13,15 +13,16 @@ use candle_nn::VarBuilder;
 use serde_json::json;
 
 use candle_server::model::RankNet;
-use candle_server::server::app::{AppState, Scorer};
+use candle_server::server::app::AppState;
+use candle_server::server::scorer::{NoModel, Scorer};
 use common::{call, rank, unreachable_dsn, SERVER_NAME};
 
-fn zero_model() -> Scorer {
+fn zero_model() -> Box<dyn Scorer> {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-    Scorer::Candle(RankNet::new(vb).expect("zero-weight model"))
+    Box::new(RankNet::new(vb).expect("zero-weight model"))
 }
 
-fn named(scorer: Scorer) -> AppState {
+fn named(scorer: Box<dyn Scorer>) -> AppState {
     AppState::new(SERVER_NAME, scorer, 1)
 }
 
@@ -141,7 +142,7 @@ async fn database_down_gives_503_and_unhealthy() {
 
 #[actix_web::test]
 async fn stats_count_rank_requests_and_reset() {
-    let app = common::app(named(Scorer::Constant), &unreachable_dsn()).await;
+    let app = common::app(named(Box::new(NoModel)), &unreachable_dsn()).await;
     // Three requests to /rank, all answered non-2xx (400, 405, 503); other paths are not counted.
     call(&app, rank("nope")).await;
     call(&app, TestRequest::get().uri("/rank")).await;
@@ -199,8 +200,8 @@ async fn stats_name_the_candle_backend_and_its_threads() {
 #[actix_web::test]
 async fn api_key_guards_every_route_but_health() {
     const KEY: &str = "s3cr3t";
-    assert!(named(Scorer::Constant).with_api_key("").is_err());
-    let state = named(Scorer::Constant).with_api_key(KEY).expect("key");
+    assert!(named(Box::new(NoModel)).with_api_key("").is_err());
+    let state = named(Box::new(NoModel)).with_api_key(KEY).expect("key");
     let app = common::app(state, &unreachable_dsn()).await;
     let unauthorised = json!({"error": "missing or invalid API key"});
     let without_key = [

@@ -14,14 +14,15 @@ use actix_web::test::{self, TestRequest};
 use serde_json::{json, Value};
 
 use candle_server::model::RankNet;
-use candle_server::server::app::{AppState, Scorer};
+use candle_server::server::app::AppState;
+use candle_server::server::scorer::Scorer;
 use common::{call, call_raw, dsn, rank, SERVER_NAME};
 
 fn model() -> RankNet {
     RankNet::load_dir(common::artifacts_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn named(scorer: Scorer) -> AppState {
+fn named(scorer: Box<dyn Scorer>) -> AppState {
     AppState::new(SERVER_NAME, scorer, 1)
 }
 
@@ -69,11 +70,22 @@ fn significant_digits_counts_what_a_reader_needs() {
 
 #[actix_web::test]
 async fn rank_answers_match_the_numpy_reference() {
+    assert_answers_match_the_numpy_reference(Box::new(model()), "candle").await;
+}
+
+#[actix_web::test]
+async fn rank_answers_on_onnx_runtime_match_the_numpy_reference() {
+    assert_answers_match_the_numpy_reference(Box::new(common::onnx_model(1)), "onnx").await;
+}
+
+/// Every case of `artifacts/rank_fixture.json` through `/rank` with `scorer`: the same ids in the
+/// same order as the reference, scores within its tolerance, 404 for its unknown users.
+async fn assert_answers_match_the_numpy_reference(scorer: Box<dyn Scorer>, runtime: &str) {
     let fixture = common::artifact_json("rank_fixture.json", "rank-fixture");
     let tolerance = fixture["tolerance"].as_f64().expect("fixture has a numeric `tolerance`");
     let cases = fixture["cases"].as_array().expect("fixture has a list of `cases`");
     assert!(!cases.is_empty(), "the fixture has no cases");
-    let app = common::app(named(Scorer::Candle(model())), &dsn()).await;
+    let app = common::app(named(scorer), &dsn()).await;
 
     let (mut answered, mut unknown_users) = (0, 0);
     for (index, case) in cases.iter().enumerate() {
@@ -100,7 +112,7 @@ async fn rank_answers_match_the_numpy_reference() {
         for ((id, score), (_, want_score)) in got.iter().zip(&want) {
             assert!(
                 (score - want_score).abs() <= tolerance,
-                "case {index}, item {id}: candle {score} vs numpy {want_score}"
+                "case {index}, item {id}: {runtime} {score} vs numpy {want_score}"
             );
         }
         // Scores are float32 written in their shortest form (at most 9 significant digits),
@@ -111,12 +123,14 @@ async fn rank_answers_match_the_numpy_reference() {
         answered += 1;
     }
     assert!(answered > 0, "no case of the fixture expects an answer");
-    eprintln!("{answered} answers and {unknown_users} unknown users as the reference says");
+    eprintln!(
+        "{runtime}: {answered} answers and {unknown_users} unknown users as the reference says"
+    );
 }
 
 #[actix_web::test]
 async fn unknown_user_404_and_unknown_items_empty() {
-    let app = common::app(named(Scorer::Candle(model())), &dsn()).await;
+    let app = common::app(named(Box::new(model())), &dsn()).await;
     let (status, _, value) =
         call(&app, rank(json!({"user_id": 123_456_789, "item_ids": [1]}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -136,7 +150,7 @@ fn number(stats: &Value, path: &[&str]) -> f64 {
 
 #[actix_web::test]
 async fn health_and_stage_counts() {
-    let app = common::app(named(Scorer::Candle(model())), &dsn()).await;
+    let app = common::app(named(Box::new(model())), &dsn()).await;
     let (status, _, value) = call(&app, TestRequest::get().uri("/health")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value, json!({"status": "ok", "server": SERVER_NAME}));

@@ -7,59 +7,19 @@
 mod common;
 
 use candle_server::model::{input_rows, input_tensor, RankNet, INPUT_FEATURES, USER_FEATURES};
-use common::artifacts_dir;
-
-const TOLERANCE: f64 = 1e-5;
-
-/// The fixture's row count (`seed/model.py`): a shorter file would quietly check less.
-const FIXTURE_ROWS: usize = 16;
-
-struct Fixture {
-    inputs: Vec<Vec<f32>>,
-    scores: Vec<f64>,
-}
-
-fn fixture() -> Fixture {
-    let value = common::artifact_json("parity_fixture.json", "model");
-    let inputs: Vec<Vec<f32>> = value["inputs"]
-        .as_array()
-        .expect("fixture has `inputs`")
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .expect("an input row is a list")
-                .iter()
-                .map(|v| v.as_f64().expect("a float") as f32)
-                .collect()
-        })
-        .collect();
-    let scores: Vec<f64> = value["scores"]
-        .as_array()
-        .expect("fixture has `scores`")
-        .iter()
-        .map(|v| v.as_f64().expect("a float"))
-        .collect();
-    assert_eq!(inputs.len(), FIXTURE_ROWS, "fixture rows");
-    assert_eq!(inputs.len(), scores.len(), "fixture inputs and scores differ in length");
-    assert!(inputs.iter().all(|r| r.len() == INPUT_FEATURES), "fixture rows must have 40 values");
-    Fixture { inputs, scores }
-}
+use common::{artifacts_dir, parity_fixture};
 
 fn model() -> RankNet {
     RankNet::load_dir(artifacts_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn assert_close(got: &[f32], want: &[f64]) {
-    assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let diff = (f64::from(g) - w).abs();
-        assert!(diff <= TOLERANCE, "row {i}: candle {g} vs numpy {w} (|diff| = {diff:e})");
-    }
+    common::assert_close("candle", got, want);
 }
 
 #[test]
 fn scores_match_numpy_forward_pass() {
-    let fixture = fixture();
+    let fixture = parity_fixture();
     let rows: Vec<f32> = fixture.inputs.concat();
     let scores = model().score_rows(rows).expect("forward pass");
     assert_close(&scores, &fixture.scores);
@@ -71,7 +31,7 @@ fn scores_match_numpy_forward_pass() {
 
 #[test]
 fn batch_size_does_not_change_scores() {
-    let fixture = fixture();
+    let fixture = parity_fixture();
     let net = model();
     for (row, &want) in fixture.inputs.iter().zip(&fixture.scores) {
         let single = net.score_slice(row).expect("one row");
@@ -89,7 +49,7 @@ fn server_input_path_matches_numpy_on_every_row() {
     // Each fixture row split into its user and item features and scored through the functions
     // the /rank handler calls (input_rows, input_tensor, RankNet::scores): all 16 rows in one
     // batch, each against numpy's score.
-    let fixture = fixture();
+    let fixture = parity_fixture();
     let net = model();
     let mut rows = Vec::with_capacity(fixture.inputs.len() * INPUT_FEATURES);
     for row in &fixture.inputs {

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use actix_web::web::Data;
 use serde_json::Value;
 
-use candle_server::server::app::{AppState, Scorer};
+use candle_server::server::app::AppState;
 use candle_server::server::db::{pg_config, Database};
+use candle_server::server::scorer::NoModel;
 use candle_server::server::transport::{serve, Listen, Settings};
 
 struct Running {
@@ -28,7 +29,7 @@ fn start() -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let state = Data::new(AppState::new(common::SERVER_NAME, Scorer::Constant, 1));
+            let state = Data::new(AppState::new(common::SERVER_NAME, Box::new(NoModel), 1));
             let db = Database::new(pg_config(&dsn).expect("dsn"), 1).expect("pool");
             let settings = Settings { workers: 1, ..Settings::default() };
             let server =

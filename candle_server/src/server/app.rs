@@ -9,7 +9,6 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::web::{self, BytesMut, Data};
 use actix_web::{App, Error, HttpMessage, HttpRequest, HttpResponse};
-use candle_core::Tensor;
 use futures_util::StreamExt;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -17,52 +16,18 @@ use subtle::ConstantTimeEq;
 use super::db::Database;
 use super::error::ApiError;
 use super::request::RankRequest;
+use super::scorer::Scorer;
 use super::stats::{OrderedMap, Stage, StageSummary, StageTimes, StatsRegistry, WorkerHandle};
 use super::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
-use crate::model::{self, ModelError, RankNet};
-use crate::runtime::{self, ThreadSetting};
-
-/// What turns the `(N, 40)` input into scores.
-#[derive(Debug, Clone)]
-pub enum Scorer {
-    /// The RankNet forward pass in Candle.
-    Candle(RankNet),
-    /// `--no-model`: every score is 0.0 (the DB-and-HTTP floor); ranking falls back to id order.
-    Constant,
-}
-
-impl Scorer {
-    /// The `backend` field of `/stats`.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Scorer::Candle(_) => "candle",
-            Scorer::Constant => "none",
-        }
-    }
-
-    /// The `runtime_threads` of `/stats`: what the runtime reports on the calling thread (a
-    /// worker, where inference runs); nothing without a runtime.
-    pub fn runtime_threads(&self) -> Vec<(&'static str, ThreadSetting)> {
-        match self {
-            Scorer::Candle(_) => runtime::runtime_threads(),
-            Scorer::Constant => Vec::new(),
-        }
-    }
-
-    fn scores(&self, x: &Tensor) -> Result<Vec<f32>, ModelError> {
-        match self {
-            Scorer::Candle(net) => net.scores(x),
-            Scorer::Constant => Ok(vec![0.0; x.dim(0)?]),
-        }
-    }
-}
+use crate::model;
+use crate::runtime::ThreadSetting;
 
 /// Shared by all workers.
 pub struct AppState {
     /// `--server-name`: the `server` field of `/health` and `/stats`.
     pub server: String,
     pub workers: usize,
-    pub scorer: Scorer,
+    pub scorer: Box<dyn Scorer>,
     pub stats: Arc<StatsRegistry>,
     /// `--api-key`: when set, every route but `GET /health` requires it in `X-API-Key`.
     api_key: Option<Box<[u8]>>,
@@ -80,7 +45,7 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(server: impl Into<String>, scorer: Scorer, workers: usize) -> Self {
+    pub fn new(server: impl Into<String>, scorer: Box<dyn Scorer>, workers: usize) -> Self {
         AppState {
             server: server.into(),
             workers,
@@ -249,13 +214,12 @@ async fn rank(
         (Vec::new(), fetched)
     } else {
         let item_rows = features.items.iter().map(|(_, f)| f.as_slice());
-        let x = model::input_rows(&features.user, item_rows)
-            .and_then(model::input_tensor)
+        let rows = model::input_rows(&features.user, item_rows)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let prepared = Instant::now();
         times.set(Stage::Pre, prepared - fetched);
 
-        let scores = state.scorer.scores(&x).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let scores = state.scorer.scores(rows).map_err(|e| ApiError::Internal(e.to_string()))?;
         let inferred = Instant::now();
         times.set(Stage::Infer, inferred - prepared);
         (scores, inferred)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// The project's private cluster; `DATABASE_URL` overrides it.
 pub const DEFAULT_DSN: &str = "postgresql://bench@127.0.0.1:55432/bench";
@@ -43,12 +43,21 @@ pub struct Args {
     #[arg(long = "pool-size", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub pool_size: u16,
 
-    /// Directory holding ranknet.safetensors.
+    /// Directory holding ranknet.safetensors (Candle) and ranknet.onnx (ONNX Runtime).
     #[arg(long = "model-dir", default_value = "artifacts")]
     pub model_dir: PathBuf,
 
+    /// The runtime that scores the rows.
+    #[arg(long, value_enum, default_value_t = Runtime::Candle)]
+    pub runtime: Runtime,
+
+    /// The ONNX Runtime shared library that `--runtime onnx` loads; default: the one the
+    /// onnxruntime package in the project's .venv ships.
+    #[arg(long = "onnxruntime-lib", value_name = "PATH", env = "ORT_DYLIB_PATH")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
     /// Skip the model: every score is 0.0 (the DB-and-HTTP floor).
-    #[arg(long = "no-model")]
+    #[arg(long = "no-model", conflicts_with = "runtime")]
     pub no_model: bool,
 
     /// Require this key in the `X-API-Key` header on every route but `GET /health` (off by default).
@@ -58,6 +67,15 @@ pub struct Args {
     /// Print how this binary was built (JSON) and exit.
     #[arg(long = "build-info")]
     pub build_info: bool,
+}
+
+/// `--runtime`: what computes the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// Candle (`ranknet.safetensors`), in-process Rust.
+    Candle,
+    /// ONNX Runtime through the `ort` crate (`ranknet.onnx`), the .venv's libonnxruntime.
+    Onnx,
 }
 
 /// A server name as the Python servers accept it: printable ASCII without spaces, not empty

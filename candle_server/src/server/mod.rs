@@ -5,7 +5,9 @@ pub mod build_info;
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod onnx;
 pub mod request;
+pub mod scorer;
 pub mod stats;
 pub mod transport;
 

@@ -21,6 +21,49 @@ pub fn artifact_json(name: &str, make_target: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// `artifacts/parity_fixture.json` (written by `make model`): input rows and the scores numpy
+/// computed for them from `ranknet.safetensors`.
+pub struct ParityFixture {
+    pub inputs: Vec<Vec<f32>>,
+    pub scores: Vec<f64>,
+}
+
+/// The fixture's row count (`seed/model.py`): a shorter file would quietly check less.
+pub const PARITY_ROWS: usize = 16;
+/// The contract's tolerance against the numpy reference.
+pub const PARITY_TOLERANCE: f64 = 1e-5;
+
+/// The parity fixture, checked for its shape (16 rows of 40 values, 16 scores).
+pub fn parity_fixture() -> ParityFixture {
+    let value = artifact_json("parity_fixture.json", "model");
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().expect("a list").iter().map(|x| x.as_f64().expect("a float")).collect()
+    };
+    let inputs: Vec<Vec<f32>> = value["inputs"]
+        .as_array()
+        .expect("fixture has `inputs`")
+        .iter()
+        .map(|row| floats(row).into_iter().map(|x| x as f32).collect())
+        .collect();
+    let scores = floats(&value["scores"]);
+    assert_eq!(inputs.len(), PARITY_ROWS, "fixture rows");
+    assert_eq!(scores.len(), PARITY_ROWS, "fixture scores");
+    assert!(inputs.iter().all(|r| r.len() == 40), "fixture rows must have 40 values");
+    ParityFixture { inputs, scores }
+}
+
+/// Each score within [`PARITY_TOLERANCE`] of numpy's; `runtime` names the side in a failure.
+pub fn assert_close(runtime: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let diff = (f64::from(g) - w).abs();
+        assert!(
+            diff <= PARITY_TOLERANCE,
+            "row {i}: {runtime} {g} vs numpy {w} (|diff| = {diff:e})"
+        );
+    }
+}
+
 #[cfg(feature = "server")]
 mod server {
     use actix_web::body::MessageBody;
@@ -33,6 +76,7 @@ mod server {
     use candle_server::server::app::{build_app, AppState, WorkerState};
     use candle_server::server::cli::DEFAULT_DSN;
     use candle_server::server::db::{pg_config, Database};
+    use candle_server::server::onnx::{self, OnnxRankNet, LIBRARY_ENV};
 
     /// The `--server-name` the tests give their servers.
     pub const SERVER_NAME: &str = "rust-test";
@@ -43,6 +87,24 @@ mod server {
             .ok()
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| DEFAULT_DSN.into())
+    }
+
+    /// The ONNX Runtime library the tests load: `ORT_DYLIB_PATH`, else the .venv's (as the
+    /// server finds it). A missing one fails the test with the command that installs it.
+    pub fn onnx_library() -> std::path::PathBuf {
+        std::env::var_os(LIBRARY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(onnx::find_library)
+            .unwrap_or_else(|| {
+                panic!("no libonnxruntime in a .venv and {LIBRARY_ENV} unset; run `make setup`")
+            })
+    }
+
+    /// `artifacts/ranknet.onnx` on the .venv's ONNX Runtime, `sessions` sessions.
+    pub fn onnx_model(sessions: usize) -> OnnxRankNet {
+        OnnxRankNet::load(&onnx_library(), &super::artifacts_dir(), sessions)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A DSN whose port nobody listens on: connections are refused at once.
