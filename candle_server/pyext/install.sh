@@ -1,28 +1,44 @@
 #!/usr/bin/env bash
 # Builds the rankbench_candle extension (py-candle's runtime) in release mode and installs it into
-# the project's venv. Called by `make setup`/`make build`; safe to call again: it returns at once
-# when the installed extension was built from the current sources (a fingerprint of both crates'
-# sources and manifests, the workspace's one lock file, the toolchain and the Python interpreter).
+# a venv (default: the project's). Called by `make setup`/`make build`; safe to call again: it
+# returns at once when the installed extension was built from the current sources (a fingerprint of
+# both crates' sources and manifests, the workspace's one lock file, the toolchain and the Python
+# interpreter).
 #
-#   candle_server/pyext/install.sh [--force]
+#   candle_server/pyext/install.sh [--force] [VENV]
 #
-# Environment: PYTHON (default .venv/bin/python), CARGO_TARGET_DIR (default candle_server/target,
+# VENV: the venv to install into, whose python the extension is built for (`make pythons` passes
+# .venvs/py<version>); default .venv.
+# Environment: PYTHON (default VENV/bin/python), CARGO_TARGET_DIR (default candle_server/target,
 # shared with the server so that nothing is written under pyext/).
 set -euo pipefail
 
 pyext=$(cd "$(dirname "$0")" && pwd)
 crate=$(dirname "$pyext")
 root=$(dirname "$crate")
-PYTHON=${PYTHON:-$root/.venv/bin/python}
+force=
+venv=$root/.venv
+for arg in "$@"; do
+    case $arg in
+        --force) force=1 ;;
+        -*) echo "pyext: unknown option $arg (usage: install.sh [--force] [VENV])" >&2; exit 2 ;;
+        *) venv=$(cd "$arg" 2>/dev/null && pwd) || { echo "pyext: no venv at $arg" >&2; exit 1; } ;;
+    esac
+done
+PYTHON=${PYTHON:-$venv/bin/python}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$crate/target}
-stamp=$root/.venv/.rankbench-candle-installed
-log=$CARGO_TARGET_DIR/rankbench_candle-build.log
+stamp=$venv/.rankbench-candle-installed
+# Another venv's build keeps its own wheel and log, so that it never races .venv's `make build`.
+suffix=
+[ "$venv" = "$root/.venv" ] || suffix=-$(basename "$venv")
+log=$CARGO_TARGET_DIR/rankbench_candle-build$suffix.log
 
 fail() { echo "pyext: $*" >&2; exit 1; }
 
 [ -x "$PYTHON" ] || fail "no Python at $PYTHON: run \`make setup\` first"
 command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust stable (https://rustup.rs)"
 maturin=$(dirname "$PYTHON")/maturin
+[ -x "$maturin" ] || maturin=$root/.venv/bin/maturin   # another venv: the project's maturin
 [ -x "$maturin" ] || maturin=$(command -v maturin || true)
 [ -n "$maturin" ] || fail "maturin not found: \`$PYTHON -m pip install 'maturin>=1.9.4'\` (in rankbench[dev])"
 
@@ -38,14 +54,14 @@ fingerprint() {
 }
 
 want=$(fingerprint)
-if [ "${1:-}" != "--force" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+if [ -z "$force" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
         && "$PYTHON" -c 'import rankbench_candle' 2>/dev/null; then
     exit 0
 fi
 
 echo "pyext: building rankbench_candle (release, fat LTO; the first build takes minutes)"
 mkdir -p "$CARGO_TARGET_DIR"
-wheels=$CARGO_TARGET_DIR/wheels
+wheels=$CARGO_TARGET_DIR/wheels$suffix
 rm -f "$wheels"/rankbench_candle-*.whl
 start=$(date +%s)
 # --locked: exactly the versions of the workspace's Cargo.lock, the very Candle and gemm the server
