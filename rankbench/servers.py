@@ -332,5 +332,65 @@ def main(argv: list[str] | None = None) -> int:
     return 0  # not reached
 
 
+# -- the Python servers on other CPython versions (issue 18: `make pythons PYTHONS=3.13`) ---------
+# Generated, not listed: one `<server>@<major>.<minor>` per base Python server and environment that
+# `make pythons` completed (rankbench.pythons reads .venvs/py*/rankbench-python.json), equal to its
+# base server in everything but the interpreter facet, the command's python, the name, the port and
+# the floor (the floor on the same interpreter), so that py-onnx vs py-onnx@3.13 isolates the
+# interpreter. py-torch@<version> only where torch was installed (PYTHON_TORCH=1).
+_RUNTIME_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "candle": "rankbench_candle"}
+
+
+@dataclass(frozen=True)
+class _EnvironmentModule(Prerequisite):
+    """A module of another environment: missing, not an error, when its python is gone too
+    (Prerequisite would run a python that does not exist)."""
+
+    def missing(self, python: str | None = None) -> bool:
+        return (python is not None and not Path(python).exists()) or super().missing(python)
+
+
+def interpreter_variants(registry: tuple[ServerSpec, ...], envs) -> tuple[ServerSpec, ...]:
+    """The variants of `registry`'s per-request uvloop servers on each of `envs`
+    (rankbench.pythons.PythonEnv). Port: 8000 + 100 x minor + the base port's last two digits
+    (py-onnx@3.13: 9302)."""
+    from rankbench import pythons
+
+    base = [s for s in registry if s.language == "python" and s.http == _PY["http"]
+            and s.variant == PER_REQUEST and s.interpreter == _interpreter_facet()]
+    variants = []
+    for env in envs:
+        for spec in base:
+            module = _RUNTIME_MODULES.get(spec.runtime)
+            if module == "torch" and not env.has("torch"):
+                continue
+            versions = ", ".join(f"{p} {env.version_of(p)}" for p in
+                                 pythons.STACK_PACKAGES + (module or "",) if env.has(p))
+            needs = (Prerequisite("file", str(env.python), env.make),
+                     *((_EnvironmentModule("module", module, env.make),) if module else ()))
+            variants.append(replace(
+                spec, name=f"{spec.name}@{env.tag}", interpreter=env.interpreter,
+                default_port=8000 + 100 * env.minor + spec.default_port % 100,
+                floor=f"{spec.floor}@{env.tag}" if spec.floor else None,
+                build_command=python_server(spec.backend, python=str(env.python)),
+                prerequisites=needs,
+                notes="; ".join(filter(None, (spec.notes, f"CPython {env.version} in "
+                                              f"{pythons.relative(env.directory)} ({versions})")))))
+    return tuple(variants)
+
+
+def _register_interpreter_variants() -> None:
+    global REGISTRY
+    from rankbench import pythons
+
+    variants = tuple(v for v in interpreter_variants(REGISTRY, pythons.environments())
+                     if v.name not in SERVERS)
+    REGISTRY = REGISTRY + variants
+    SERVERS.update((v.name, v) for v in variants)
+
+
+_register_interpreter_variants()
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
