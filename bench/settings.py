@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from rankbench import pythons
 from rankbench.config import MAX_ITEMS, MAX_TOP_K, ROOT
 
 
@@ -58,6 +59,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "10 s after 5 s warm-up",
             servers=("py-none", "py-none-batch", "py-onnx", "py-onnx-batch", "py-torch",
                      "py-torch-batch", "py-candle", "py-candle-batch", "candle", "candle-batch")),
+    Profile("python", (10, 100), (32,), 3, 10, 5,
+            "issue 18's interpreters: py-none, py-onnx and py-candle and their @<version> variants "
+            "on every environment `make pythons` installed, 10 and 100 items, "
+            "concurrency 32, 3 interleaved repeats, 10 s after 5 s warm-up",
+            servers=pythons.bench_servers()),
 )}
 
 # Environment variable -> settings field. Flags with the same meaning win over these.

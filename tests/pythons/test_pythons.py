@@ -252,6 +252,16 @@ def test_bench_python_runs_the_base_three_and_their_installed_variants(tmp_path)
     assert pythons.bench_servers(None, []) == base
 
 
+def test_the_python_profile_runs_registered_servers_only():
+    from bench.settings import resolve
+
+    settings, _ = resolve(["--profile", "python"], environ={})
+    assert settings.servers[:3] == ("py-none", "py-onnx", "py-candle")
+    assert set(settings.servers) <= set(SERVERS)
+    assert {n.split("@")[0] for n in settings.servers} == {"py-none", "py-onnx", "py-candle"}
+    assert (settings.items, settings.concurrency, settings.repeats) == ((10, 100), (32,), 3)
+
+
 def test_the_registry_registers_the_environments_that_exist(tmp_path):
     """In a fresh process, with ENVS_DIR pointed at a fake environment: SERVERS and the table of
     `make list-servers` have its variants, with the same facts as interpreter_variants gives."""
