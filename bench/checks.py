@@ -17,21 +17,24 @@ class CheckError(RuntimeError):
 MODEL_FILES = ("manifest.json", "ranknet.safetensors")
 
 
-def select_servers(requested: tuple[str, ...] | None, registry: dict[str, ServerSpec]
-                   ) -> tuple[list[str], dict[str, list[str]]]:
-    """Servers to run, and for the default set the servers left out with what they lack (from
-    their registry prerequisites). An explicitly requested server that lacks one is an error."""
+def select_servers(requested: tuple[str, ...] | None, registry: dict[str, ServerSpec],
+                   study: str | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """Servers to run, and for the default set (the study's servers; every server when `study` is
+    None) the servers left out with what they lack (from their registry prerequisites). An
+    explicitly requested server that lacks one is an error."""
     if requested is None:
         chosen, skipped = [], {}
         for name, spec in registry.items():
+            if study is not None and study not in spec.studies:
+                continue
             missing = spec.missing()
             if missing:
                 skipped[name] = [p.describe() for p in missing]
             else:
                 chosen.append(name)
         if not chosen:
-            raise CheckError("no registered server has its prerequisites; run `make build` and "
-                             "`make model`")
+            raise CheckError(f"no server of the {study or 'registry'} study has its prerequisites; "
+                             f"run `make build` and `make model`")
         return chosen, skipped
     unknown = [n for n in requested if n not in registry]
     if unknown:

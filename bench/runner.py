@@ -172,7 +172,7 @@ class Bench:
     def check(self) -> tuple[list[str], dict[str, list[str]]]:
         s = self.settings
         try:
-            servers, skipped = checks.select_servers(s.servers, self.registry)
+            servers, skipped = checks.select_servers(s.servers, self.registry, s.study)
             checks.tools(need_pgbench=s.ceiling and s.pgbench, need_taskset=self.pin.enabled)
             if s.ceiling:
                 checks.ceiling_binary()

@@ -10,7 +10,6 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from rankbench import pythons
 from rankbench.config import MAX_ITEMS, MAX_TOP_K, ROOT
 
 
@@ -27,43 +26,33 @@ class Profile:
     duration_s: int
     warmup_s: int
     description: str
-    servers: tuple[str, ...] | None = None   # default servers; those not registered are left out
-
-
-def registered(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """A profile's default servers that the registry knows (a server planned but not yet
-    registered, such as candle-batch before it exists, is left out)."""
-    if names is None:
-        return None
-    from rankbench.servers import SERVERS
-
-    return tuple(name for name in names if name in SERVERS)
+    study: str = "main"   # rankbench.servers' study whose servers run by default (SERVERS= overrides)
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("default", (10, 100), (32,), 3, 10, 5,
-            "all servers, 10 and 100 items, concurrency 32, 3 interleaved repeats, 10 s after 5 s warm-up"),
+            "the main study's servers (make list-servers), 10 and 100 items, concurrency 32, 3 "
+            "interleaved repeats, 10 s after 5 s warm-up"),
     Profile("quick", (10,), (32,), 1, 3, 1,
             "CI smoke test: one repeat, 10 items, concurrency 32, 3 s after 1 s warm-up"),
     Profile("sweep", (1, 10, 100, 1000), (1, 4, 16, 64), 1, 10, 3,
             "concurrency 1/4/16/64 x items 1/10/100/1000, one repeat, 10 s after 3 s warm-up"),
     Profile("ladder", (10, 100), (32, 10), 3, 10, 5,
-            "issue 13's rungs from the published stack to Candle (make bench-ladder names them: "
-            "seed-torch, seed-onnx, seed-onnx-1t, fastapi-onnx, py-onnx, py-candle, candle), "
-            "10 and 100 items, concurrency 32 and the study's load shape (10 closed-loop "
-            "connections, like its 10 Locust users), 3 interleaved repeats, 10 s after 5 s warm-up"),
+            "the ladder study: the rungs from the published stack to Candle, 10 and 100 items, "
+            "concurrency 32 and the study's load shape (10 closed-loop connections, like its 10 "
+            "Locust users), 3 interleaved repeats, 10 s after 5 s warm-up", study="ladder"),
     Profile("batch", (10, 100), (1, 8, 32, 128), 2, 10, 5,
-            "issue 15: per-request and micro-batching servers side by side (py-onnx, py-torch, "
-            "py-candle, py-none and their -batch variants, candle and candle-batch once "
-            "registered), 10 and 100 items x concurrency 1, 8, 32, 128, 2 interleaved repeats, "
-            "10 s after 5 s warm-up",
-            servers=("py-none", "py-none-batch", "py-onnx", "py-onnx-batch", "py-torch",
-                     "py-torch-batch", "py-candle", "py-candle-batch", "candle", "candle-batch")),
+            "the batch study: per-request and micro-batching servers side by side, 10 and 100 "
+            "items x concurrency 1, 8, 32, 128, 2 interleaved repeats, 10 s after 5 s warm-up",
+            study="batch"),
     Profile("python", (10, 100), (32,), 3, 10, 5,
-            "issue 18's interpreters: py-none, py-onnx and py-candle and their @<version> variants "
-            "on every environment `make pythons` installed, 10 and 100 items, "
-            "concurrency 32, 3 interleaved repeats, 10 s after 5 s warm-up",
-            servers=pythons.bench_servers()),
+            "the python study: the Python floor and model servers on the project's interpreter and "
+            "on every environment `make pythons` installed, 10 and 100 items, concurrency 32, 3 "
+            "interleaved repeats, 10 s after 5 s warm-up", study="python"),
+    Profile("slo", (10,), (32,), 1, 10, 5,
+            "issue 16's open-loop study (make bench-slo, python -m bench.slo): each server's "
+            "closed-loop maximum from one 10 s wrk run at concurrency 32 after 5 s warm-up, then "
+            "open-loop runs at shares of it, each after 5 s warm-up at its rate; 10 items"),
 )}
 
 # Environment variable -> settings field. Flags with the same meaning win over these.
@@ -78,7 +67,8 @@ ENV_VARS = {
 @dataclass(frozen=True)
 class Settings:
     profile: str = "default"
-    servers: tuple[str, ...] | None = None  # None: every registered server whose prerequisites exist
+    servers: tuple[str, ...] | None = None  # None: the study's servers whose prerequisites exist
+    study: str = "main"
     items: tuple[int, ...] = (10, 100)
     concurrency: tuple[int, ...] = (32,)
     repeats: int = 3
@@ -231,7 +221,7 @@ def resolve(argv: list[str] | None = None, environ: dict[str, str] | None = None
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
     profile = PROFILES[args.profile]
-    settings = Settings(profile=profile.name, servers=registered(profile.servers),
+    settings = Settings(profile=profile.name, study=profile.study,
                         items=profile.items, concurrency=profile.concurrency,
                         repeats=profile.repeats, duration_s=profile.duration_s,
                         warmup_s=profile.warmup_s)

@@ -299,16 +299,18 @@ def main_install(versions: list[tuple[int, int]], torch: bool, own: tuple[int, i
     return 1 if failed else 0
 
 
-BENCH_SERVERS = ("py-none", "py-onnx", "py-candle")
-
-
 def bench_servers(versions: list[tuple[int, int]] | None = None,
-                  envs: list[PythonEnv] | None = None) -> tuple[str, ...]:
-    """`make bench-python`'s servers: py-none, py-onnx and py-candle, then their variants on every
-    installed environment (only those of `versions` when given)."""
-    envs = environments() if envs is None else envs
-    tags = [""] + [f"@{e.tag}" for e in envs if versions is None or (e.major, e.minor) in versions]
-    return tuple(f"{name}{tag}" for tag in tags for name in BENCH_SERVERS)
+                  registry: dict | None = None) -> tuple[str, ...]:
+    """`make bench-python`'s servers: the registry's python study on the project's interpreter,
+    then their variants on every installed environment (only those of `versions` when given)."""
+    from rankbench.servers import PYTHONS, SERVERS, _interpreter_facet
+
+    registry = SERVERS if registry is None else registry
+    members = [spec for spec in registry.values() if PYTHONS in spec.studies]
+    own = _interpreter_facet()
+    wanted = None if versions is None else {f"cpython-{major}.{minor}" for major, minor in versions}
+    return tuple(spec.name for spec in members
+                 if spec.interpreter == own or wanted is None or spec.interpreter in wanted)
 
 
 def main(argv: list[str] | None = None) -> int:

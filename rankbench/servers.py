@@ -24,6 +24,10 @@ FACETS = ("language", "http", "runtime", "interpreter", "variant")
 # so a pair of other languages necessarily differs in these too, and they count as one difference.
 LANGUAGE_BOUND = ("http", "interpreter")
 PER_REQUEST = "per-request"          # the variant of every server that answers each request alone
+# The studies a server takes part in by default: `make bench` (main), bench-ladder (ladder),
+# bench-batch (batch), bench-python (python). A profile runs its study's servers; SERVERS= overrides.
+MAIN, LADDER, BATCH, PYTHONS = "main", "ladder", "batch", "python"
+STUDIES = (MAIN, LADDER, BATCH, PYTHONS)
 NO_MODEL = "none"                    # the runtime facet of a floor
 
 
@@ -39,6 +43,8 @@ class Prerequisite:
             return not Path(self.target).exists()
         if python in (None, sys.executable):
             return importlib.util.find_spec(self.target) is None
+        if not Path(python).exists():      # another environment's python, gone: so is the module
+            return True
         import subprocess
         probe = f"import importlib.util,sys; sys.exit(importlib.util.find_spec({self.target!r}) is None)"
         return subprocess.run([python, "-c", probe], capture_output=True).returncode != 0
@@ -67,6 +73,7 @@ class ServerSpec:
     startup_timeout_s: float = 60.0        # until /health answers 200 on a busy 2-core machine
     stop_timeout_s: float = 10.0           # SIGTERM to exit
     notes: str = ""
+    studies: tuple[str, ...] = ()          # the bench profiles that run it by default (STUDIES)
 
     @property
     def role(self) -> str:
@@ -94,7 +101,8 @@ class ServerSpec:
                 "backend": self.backend, "default_port": self.default_port,
                 "real_scores": self.real_scores, "notes": self.notes,
                 "prerequisites": [p.describe() for p in self.prerequisites],
-                "startup_timeout_s": self.startup_timeout_s, "stop_timeout_s": self.stop_timeout_s}
+                "startup_timeout_s": self.startup_timeout_s, "stop_timeout_s": self.stop_timeout_s,
+                "studies": list(self.studies)}
 
     def command(self, *, host: str = "127.0.0.1", port: int | None = None, dsn: str,
                 workers: int = 1, pool_size: int = 8,
@@ -137,74 +145,107 @@ _FRAMEWORK = dict(language="python", http="fastapi-uvicorn", interpreter=_interp
                                       for m in ("fastapi", "uvicorn", "sqlalchemy", "psycopg")))
 
 REGISTRY: tuple[ServerSpec, ...] = (
-    ServerSpec("py-torch", runtime="torch", backend="torch", default_port=8001, floor="py-none",
+    ServerSpec("py-torch", studies=(MAIN, BATCH),
+               runtime="torch", backend="torch", default_port=8001, floor="py-none",
                build_command=python_server("torch"), startup_timeout_s=90.0, **_PY),
-    ServerSpec("py-onnx", runtime="onnxruntime", backend="onnx", default_port=8002, floor="py-none",
+    ServerSpec("py-onnx", studies=(MAIN, LADDER, BATCH, PYTHONS),
+               runtime="onnxruntime", backend="onnx", default_port=8002, floor="py-none",
                build_command=python_server("onnx"), **_PY),
-    ServerSpec("py-candle", runtime="candle", backend="candle", default_port=8004, floor="py-none",
+    ServerSpec("py-candle", studies=(MAIN, LADDER, BATCH, PYTHONS),
+               runtime="candle", backend="candle", default_port=8004, floor="py-none",
                build_command=python_server("candle"), prerequisites=(_PY_CANDLE_EXT,),
                notes="candle_server's own model code called through PyO3", **_PY),
-    ServerSpec("py-none", runtime=NO_MODEL, backend="none", default_port=8005,
+    ServerSpec("py-none", studies=(MAIN, BATCH, PYTHONS),
+               runtime=NO_MODEL, backend="none", default_port=8005,
                build_command=python_server("none"), notes="the DB-and-HTTP floor", **_PY),
-    ServerSpec("candle", runtime="candle", backend="candle", default_port=8003,
+    ServerSpec("candle", studies=(MAIN, LADDER, BATCH),
+               runtime="candle", backend="candle", default_port=8003,
                floor="candle-no-model", build_command=rust_server(CANDLE_BINARY), **_RUST),
-    ServerSpec("candle-no-model", runtime=NO_MODEL, backend="none", default_port=8006,
+    ServerSpec("candle-no-model", studies=(MAIN, BATCH),
+               runtime=NO_MODEL, backend="none", default_port=8006,
                build_command=rust_server(CANDLE_BINARY, "--no-model"),
                notes="the DB-and-HTTP floor", **_RUST),
     # The published study's stack and the rungs from it down to py-onnx (issue 13).
-    ServerSpec("seed-torch", runtime="torch", backend="torch", default_port=8011,
+    ServerSpec("seed-torch", studies=(LADDER,),
+               runtime="torch", backend="torch", default_port=8011,
                variant=PUBLISHED_STACK,
                build_command=framework_server("seed", "torch", "--access-log"),
                notes="the published stack: sync def + thread pool, SQLAlchemy ORM (two sessions), "
                      "pydantic, GZip, Security dependency, default runtime threads, torch.sigmoid",
                **_FRAMEWORK, startup_timeout_s=120.0),
-    ServerSpec("seed-onnx", runtime="onnxruntime", backend="onnx", default_port=8012,
+    ServerSpec("seed-onnx", studies=(LADDER,),
+               runtime="onnxruntime", backend="onnx", default_port=8012,
                variant=PUBLISHED_STACK,
                build_command=framework_server("seed", "onnx", "--access-log"),
                notes="the published stack with ONNX Runtime's defaults (threads = cores, spinning)",
                **_FRAMEWORK, startup_timeout_s=120.0),
-    ServerSpec("seed-onnx-1t", runtime="onnxruntime", backend="onnx", default_port=8013,
+    ServerSpec("seed-onnx-1t", studies=(LADDER,),
+               runtime="onnxruntime", backend="onnx", default_port=8013,
                variant=PUBLISHED_STACK + "-1t",
                build_command=framework_server("seed", "onnx", "--access-log",
                                               "--runtime-threads", "one"),
                notes="the published stack, ONNX Runtime with one intra-op thread, no spinning",
                **_FRAMEWORK, startup_timeout_s=120.0),
-    ServerSpec("fastapi-onnx", runtime="onnxruntime", backend="onnx", default_port=8014,
+    ServerSpec("fastapi-onnx", studies=(LADDER,),
+               runtime="onnxruntime", backend="onnx", default_port=8014,
                build_command=framework_server("fastapi", "onnx"),
                notes="FastAPI + uvicorn alone: async def, py_servers' asyncpg code, orjson, "
                      "one intra-op thread", **_FRAMEWORK),
     # Micro-batching (issue 15): py_servers --batching, ports the per-request ports + 20.
-    ServerSpec("py-torch-batch", runtime="torch", backend="torch", default_port=8021,
+    ServerSpec("py-torch-batch", studies=(BATCH,),
+               runtime="torch", backend="torch", default_port=8021,
                variant="micro-batching", floor="py-none-batch",
                build_command=lambda common: python_server("torch")(common) + ["--batching"],
                startup_timeout_s=90.0, notes="py-torch with requests coalesced into batches", **_PY),
-    ServerSpec("py-onnx-batch", runtime="onnxruntime", backend="onnx", default_port=8022,
+    ServerSpec("py-onnx-batch", studies=(BATCH,),
+               runtime="onnxruntime", backend="onnx", default_port=8022,
                variant="micro-batching", floor="py-none-batch",
                build_command=lambda common: python_server("onnx")(common) + ["--batching"],
                notes="py-onnx with requests coalesced into batches", **_PY),
-    ServerSpec("py-candle-batch", runtime="candle", backend="candle", default_port=8024,
+    ServerSpec("py-candle-batch", studies=(BATCH,),
+               runtime="candle", backend="candle", default_port=8024,
                variant="micro-batching", floor="py-none-batch",
                build_command=lambda common: python_server("candle")(common) + ["--batching"],
                prerequisites=(_PY_CANDLE_EXT,),
                notes="py-candle with requests coalesced into batches", **_PY),
-    ServerSpec("py-none-batch", runtime=NO_MODEL, backend="none", default_port=8025,
+    ServerSpec("py-none-batch", studies=(BATCH,),
+               runtime=NO_MODEL, backend="none", default_port=8025,
                variant="micro-batching",
                build_command=lambda common: python_server("none")(common) + ["--batching"],
                notes="the DB-and-HTTP floor, requests coalesced into batches", **_PY),
     # Rust on ONNX Runtime (issue 17): candle_server --runtime onnx runs ranknet.onnx through the
     # ort crate on the libonnxruntime that .venv's onnxruntime package ships (py-onnx's very build,
     # loaded at run time; the binary finds it in .venv itself and reports its path in /stats).
-    ServerSpec("rust-onnx", runtime="onnxruntime", backend="onnx", default_port=8007,
+    ServerSpec("rust-onnx", studies=(MAIN,),
+               runtime="onnxruntime", backend="onnx", default_port=8007,
                floor="candle-no-model",
                build_command=rust_server(CANDLE_BINARY, "--runtime", "onnx"),
                notes="candle_server --runtime onnx: the ort crate on .venv's libonnxruntime",
-               **{**_RUST, "prerequisites": (
+               # The binary, and the library (named here for rust-onnx-batch too).
+               **{**_RUST, "prerequisites": (_RUST_ONNX_NEEDS := (
                    *_RUST["prerequisites"],
                    Prerequisite("file", str(max(
                        ROOT.glob(".venv/lib/python*/site-packages/onnxruntime/capi/"
                                  "libonnxruntime.so.*"),
                        default=ROOT / ".venv/lib/python3/site-packages/onnxruntime/capi/"
-                                      "libonnxruntime.so")), "make setup"))}),
+                                      "libonnxruntime.so")), "make setup")))}),
+    # Micro-batching in Rust (issue 15): candle_server --batching, ports the per-request ports + 30.
+    ServerSpec("candle-batch", studies=(BATCH,),
+               runtime="candle", backend="candle", default_port=8033,
+               variant="micro-batching", floor="candle-no-model-batch",
+               build_command=rust_server(CANDLE_BINARY, "--batching"),
+               notes="candle with requests coalesced into batches", **_RUST),
+    ServerSpec("candle-no-model-batch", studies=(BATCH,),
+               runtime=NO_MODEL, backend="none", default_port=8036,
+               variant="micro-batching",
+               build_command=rust_server(CANDLE_BINARY, "--no-model", "--batching"),
+               notes="the DB-and-HTTP floor, requests coalesced into batches", **_RUST),
+    ServerSpec("rust-onnx-batch", studies=(BATCH,),
+               runtime="onnxruntime", backend="onnx", default_port=8037,
+               variant="micro-batching", floor="candle-no-model-batch",
+               build_command=rust_server(CANDLE_BINARY, "--runtime", "onnx", "--batching"),
+               notes="rust-onnx with requests coalesced into batches",
+               **{**_RUST, "prerequisites": _RUST_ONNX_NEEDS}),
 )
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}
@@ -216,6 +257,12 @@ def get(name: str) -> ServerSpec:
     except KeyError:
         known = ", ".join(SERVERS)
         raise SystemExit(f"unknown server {name!r}; known servers: {known}") from None
+
+
+def study(name: str, registry: dict[str, ServerSpec] | None = None) -> tuple[str, ...]:
+    """The servers of a study, in registry order."""
+    registry = SERVERS if registry is None else registry
+    return tuple(n for n, spec in registry.items() if name in spec.studies)
 
 
 def with_name(spec: ServerSpec, name: str, port: int) -> ServerSpec:
@@ -341,15 +388,6 @@ def main(argv: list[str] | None = None) -> int:
 _RUNTIME_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "candle": "rankbench_candle"}
 
 
-@dataclass(frozen=True)
-class _EnvironmentModule(Prerequisite):
-    """A module of another environment: missing, not an error, when its python is gone too
-    (Prerequisite would run a python that does not exist)."""
-
-    def missing(self, python: str | None = None) -> bool:
-        return (python is not None and not Path(python).exists()) or super().missing(python)
-
-
 def interpreter_variants(registry: tuple[ServerSpec, ...], envs) -> tuple[ServerSpec, ...]:
     """The variants of `registry`'s per-request uvloop servers on each of `envs`
     (rankbench.pythons.PythonEnv). Port: 8000 + 100 x minor + the base port's last two digits
@@ -367,9 +405,10 @@ def interpreter_variants(registry: tuple[ServerSpec, ...], envs) -> tuple[Server
             versions = ", ".join(f"{p} {env.version_of(p)}" for p in
                                  pythons.STACK_PACKAGES + (module or "",) if env.has(p))
             needs = (Prerequisite("file", str(env.python), env.make),
-                     *((_EnvironmentModule("module", module, env.make),) if module else ()))
+                     *((Prerequisite("module", module, env.make),) if module else ()))
             variants.append(replace(
                 spec, name=f"{spec.name}@{env.tag}", interpreter=env.interpreter,
+                studies=(PYTHONS,) if PYTHONS in spec.studies else (),
                 default_port=8000 + 100 * env.minor + spec.default_port % 100,
                 floor=f"{spec.floor}@{env.tag}" if spec.floor else None,
                 build_command=python_server(spec.backend, python=str(env.python)),

@@ -244,21 +244,29 @@ def test_a_variant_names_make_pythons_for_what_it_lacks(tmp_path):
 
 def test_bench_python_runs_the_base_three_and_their_installed_variants(tmp_path):
     envs = [_env(12, tmp_path), _env(13, tmp_path)]
-    base = ("py-none", "py-onnx", "py-candle")
-    assert pythons.bench_servers(None, envs) == \
+    own = REGISTRY[0].interpreter            # the project's interpreter (the first entry is Python)
+    base_registry = tuple(s for s in REGISTRY if s.language != "python" or s.interpreter == own)
+    registry = {spec.name: spec
+                for spec in base_registry + interpreter_variants(base_registry, envs)}
+    base = ("py-onnx", "py-candle", "py-none")
+    assert pythons.bench_servers(None, registry) == \
         base + tuple(f"{n}@3.12" for n in base) + tuple(f"{n}@3.13" for n in base)
-    assert pythons.bench_servers([(3, 13), (3, 99)], envs) == \
+    assert pythons.bench_servers([(3, 13), (3, 99)], registry) == \
         base + tuple(f"{n}@3.13" for n in base)
-    assert pythons.bench_servers(None, []) == base
+    plain = {spec.name: spec for spec in base_registry}
+    assert pythons.bench_servers(None, plain) == base
 
 
 def test_the_python_profile_runs_registered_servers_only():
     from bench.settings import resolve
 
+    from rankbench.servers import study
+
     settings, _ = resolve(["--profile", "python"], environ={})
-    assert settings.servers[:3] == ("py-none", "py-onnx", "py-candle")
-    assert set(settings.servers) <= set(SERVERS)
-    assert {n.split("@")[0] for n in settings.servers} == {"py-none", "py-onnx", "py-candle"}
+    assert settings.study == "python" and settings.servers is None
+    assert {"py-none", "py-onnx", "py-candle"} <= set(study("python"))
+    assert set(study("python")) <= set(SERVERS)
+    assert {n.split("@")[0] for n in study("python")} == {"py-none", "py-onnx", "py-candle"}
     assert (settings.items, settings.concurrency, settings.repeats) == ((10, 100), (32,), 3)
 
 
