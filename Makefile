@@ -73,6 +73,27 @@ bench-quick: seed model build
 bench-sweep: seed model build
 	@$(PY) -m bench --profile sweep
 
+# The heavier studies: each a bench profile whose servers are a study of the registry (make
+# list-servers); SERVERS= and the other overrides as in make bench.
+#   bench-ladder  the rungs from the published FastAPI stack to Candle, concurrency 32 and 10
+#   bench-batch   per-request and micro-batching servers, concurrency 1/8/32/128 (about 55 min)
+#   bench-python  the Python servers on every interpreter `make pythons` installed
+.PHONY: bench-ladder bench-batch bench-python pythons
+bench-ladder: seed model build
+	@$(PY) -m bench --profile ladder
+
+bench-batch: seed model build
+	@$(PY) -m bench --profile batch
+
+bench-python: seed model build pythons
+	@$(PY) -m bench --profile python $(if $(PYTHONS),--servers $$($(PY) -m rankbench.pythons servers))
+
+# Other CPython versions: PYTHONS=3.12,3.13 (default: the project's own, .venv's) gives each version
+# .venvs/py<version>/ with what the Python servers import (PYTHON_TORCH=1: torch too) and py-candle's
+# extension; the registry then has their @<version> variants. A version not installed is skipped.
+pythons: setup
+	@$(PY) -m rankbench.pythons install
+
 # Where each server's CPU goes: perf (+ py-spy on CPython < 3.12) under the bench's wrk load,
 # attributed to named categories; results/<UTC>-profile/. SERVERS= ITEMS= CONCURRENCY= DURATION=
 # WARMUP= REPEATS= WORKERS= POOL= PIN= as in the bench.
