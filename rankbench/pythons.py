@@ -177,8 +177,13 @@ def find(version: tuple[int, int], pyenv: Path | None = None, path: str | None =
 
 
 # -- installing ----------------------------------------------------------------------------------
-def requirements(torch: bool, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """pyproject.toml's requirement strings (its lower bounds) of the packages a server imports."""
+def requirements(torch: bool, pyproject: Path = ROOT / "pyproject.toml",
+                 pinned: bool = True) -> list[str]:
+    """The packages a server imports: pinned to the versions the project's own environment runs
+    (so that the interpreter is the only thing that differs between py-onnx and py-onnx@3.13;
+    numpy, on the pre and post path, would otherwise resolve to another release), else
+    pyproject.toml's requirement strings (its lower bounds)."""
+    import importlib.metadata
     import tomllib
 
     declared = {}
@@ -189,7 +194,13 @@ def requirements(torch: bool, pyproject: Path = ROOT / "pyproject.toml") -> list
     missing = [name for name in wanted if name not in declared]
     if missing:
         raise PythonsError(f"pyproject.toml declares no {', '.join(missing)}")
-    return [declared[name] for name in wanted]
+    out = []
+    for name in wanted:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}" if pinned else declared[name])
+        except importlib.metadata.PackageNotFoundError:
+            out.append(declared[name])
+    return out
 
 
 def relative(path: Path) -> str:

@@ -151,11 +151,11 @@ def test_requirements_are_pyprojects_own_lower_bounds(tmp_path):
                 "matplotlib>=3.8"]
     pyproject.write_text("[project]\ndependencies = [" + ", ".join(f'"{d}"' for d in declared)
                          + "]\n")
-    without = pythons.requirements(False, pyproject)
+    without = pythons.requirements(False, pyproject, pinned=False)
     assert "numpy>=9.9" in without and not any(r.startswith(("torch", "matplotlib"))
                                                  for r in without)
     assert len(without) == len(pythons.SERVER_PACKAGES)
-    assert pythons.requirements(True, pyproject) == without + ["torch>=2.2"]
+    assert pythons.requirements(True, pyproject, pinned=False) == without + ["torch>=2.2"]
     pyproject.write_text('[project]\ndependencies = ["numpy>=1.26"]\n')
     with pytest.raises(PythonsError, match="declares no uvloop"):
         pythons.requirements(False, pyproject)
@@ -163,6 +163,16 @@ def test_requirements_are_pyprojects_own_lower_bounds(tmp_path):
 
 def test_the_projects_pyproject_declares_every_server_package():
     assert len(pythons.requirements(True)) == len(pythons.SERVER_PACKAGES) + 1
+
+
+def test_other_interpreters_get_the_project_environments_versions():
+    """Only the interpreter may differ between py-onnx and py-onnx@3.13: each package is pinned to
+    the version the project's own environment runs."""
+    import importlib.metadata
+
+    pinned = pythons.requirements(False)
+    assert f"numpy=={importlib.metadata.version('numpy')}" in pinned
+    assert all("==" in r for r in pinned), pinned
 
 
 # -- environments and the registry -------------------------------------------------------------
