@@ -101,9 +101,13 @@ def capacity(points: list[Point], objective_ms: float) -> Capacity:
 
 def next_rate(points: list[Point], objective_ms: float,
               resolution: float = REFINE_RESOLUTION) -> float | None:
-    """The rate to run next to narrow the capacity (bisection between the highest passing rate and
-    the lowest failing one), or None when there is no bracket or it is narrow enough."""
+    """The rate to run next to narrow the capacity: bisection between the highest passing rate and
+    the lowest failing one; half the lowest rate when even that failed (down to 1 req/s); None when
+    every rate passed or the bracket is narrow enough."""
     cap = capacity(points, objective_ms)
+    if cap.bound == "below":
+        half = math.floor(cap.lowest_measured / 2)
+        return float(half) if half >= 1 else None
     if not cap.bracketed:
         return None
     low, high = cap.rps, cap.lowest_failing

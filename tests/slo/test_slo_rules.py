@@ -44,7 +44,9 @@ def test_unbounded_capacities_say_which_side_they_are_on():
     nothing = slo.capacity([ok(100, 30.0), ok(200, 40.0)], 25.0)
     assert (nothing.rps, nothing.bound, nothing.describe()) == (None, "below", "< 100")
     assert slo.next_rate([ok(100, 1.0), ok(200, 1.0)], 25.0) is None
-    assert slo.next_rate([ok(100, 30.0)], 25.0) is None
+    # Nothing passed: halve the lowest rate, down to 1 req/s.
+    assert slo.next_rate([ok(100, 30.0), ok(200, 40.0)], 25.0) == 50
+    assert slo.next_rate([ok(1, 30.0)], 25.0) is None
 
 
 def test_next_rate_bisects_the_bracket_and_stops_when_it_is_narrow():
