@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import select as select_module
 import sys
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -123,7 +124,17 @@ def make_engine(dsn: str, pool_size: int):
         connect_args={"connect_timeout": max(2, math.ceil(DB_TIMEOUT_S)),
                       "options": f"-c statement_timeout={round(DB_TIMEOUT_S * 1000)}"})
     event.listen(engine, "before_cursor_execute", _one_line, retval=True)
+    event.listen(engine, "checkout", _drop_if_closed_by_server)
     return engine
+
+
+def _drop_if_closed_by_server(dbapi_connection, record, proxy) -> None:
+    """A pooled connection that PostgreSQL closed (restart, admin shutdown) has something to read
+    (its FATAL notice, then EOF) while it waits idle in the pool: hand the pool a fresh one instead
+    (DisconnectionError makes the pool reconnect), as asyncpg notices a closed connection itself.
+    One select() per check-out, no round trip (pool_pre_ping would send a query)."""
+    if dbapi_connection.closed or select_module.select([dbapi_connection.fileno()], [], [], 0)[0]:
+        raise sqlalchemy.exc.DisconnectionError("connection closed by the server")
 
 
 def _one_line(connection, cursor, statement, parameters, context, executemany):
