@@ -324,7 +324,7 @@ class Bench:
         f = self.facts
         return {"items": run.items, "top_k": self.settings.top_k, "user_min": f.users.min,
                 "user_max": f.users.max, "item_min": f.items.min, "item_max": f.items.max,
-                "seed": self.settings.seed + run.repeat}
+                "seed": self.settings.seed + run.repeat, "gzip": int(self.settings.accept_gzip)}
 
     def wrk_run(self, server: RunningServer, run: plan.Run, seconds: int, tag: str,
                 phase: str = "run: load") -> tuple[dict, Usage, Path]:

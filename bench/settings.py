@@ -27,6 +27,7 @@ class Profile:
     warmup_s: int
     description: str
     study: str = "main"   # rankbench.servers' study whose servers run by default (SERVERS= overrides)
+    accept_gzip: bool = False   # the wrk script sends Accept-Encoding: gzip (the study's clients did)
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -40,7 +41,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("ladder", (10, 100), (32, 10), 3, 10, 5,
             "the ladder study: the rungs from the published stack to Candle, 10 and 100 items, "
             "concurrency 32 and the study's load shape (10 closed-loop connections, like its 10 "
-            "Locust users), 3 interleaved repeats, 10 s after 5 s warm-up", study="ladder"),
+            "Locust users), 3 interleaved repeats, 10 s after 5 s warm-up; requests accept gzip "
+            "like the study's clients", study="ladder", accept_gzip=True),
     Profile("batch", (10, 100), (1, 8, 32, 128), 2, 10, 5,
             "the batch study: per-request and micro-batching servers side by side, 10 and 100 "
             "items x concurrency 1, 8, 32, 128, 2 interleaved repeats, 10 s after 5 s warm-up",
@@ -69,6 +71,7 @@ class Settings:
     profile: str = "default"
     servers: tuple[str, ...] | None = None  # None: the study's servers whose prerequisites exist
     study: str = "main"
+    accept_gzip: bool = False
     items: tuple[int, ...] = (10, 100)
     concurrency: tuple[int, ...] = (32,)
     repeats: int = 3
@@ -222,6 +225,7 @@ def resolve(argv: list[str] | None = None, environ: dict[str, str] | None = None
     args = build_parser().parse_args(argv)
     profile = PROFILES[args.profile]
     settings = Settings(profile=profile.name, study=profile.study,
+                        accept_gzip=profile.accept_gzip,
                         items=profile.items, concurrency=profile.concurrency,
                         repeats=profile.repeats, duration_s=profile.duration_s,
                         warmup_s=profile.warmup_s)

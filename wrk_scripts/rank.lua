@@ -14,6 +14,8 @@
 --                   very same ids: id = lo + x mod (hi - lo + 1), the items first, then the user
 --   pool=1000       requests pre-built per thread in init() and sent round-robin, so request()
 --                   costs a table lookup (wrk's own advice); pool=0 builds a fresh request each time
+--   gzip=0          1: send `Accept-Encoding: gzip`, as the published study's Python clients did
+--                   (python-requests), so a server with a GZip middleware compresses its answers
 --
 -- done() prints one JSON line (prefixed by nothing, starting with `{"tool":"wrk"`): the settings,
 -- requests, duration, bytes, errors by kind, wrk's CPU seconds after init() and when done() starts,
@@ -37,7 +39,7 @@ end
 
 local function parse_args(args)
    local cfg = {items = 10, top_k = 10, user_min = 1, user_max = 200000,
-                item_min = 1, item_max = 100000, seed = 1, pool = 1000}
+                item_min = 1, item_max = 100000, seed = 1, pool = 1000, gzip = 0}
    for _, arg in ipairs(args) do
       local key, value = string.match(arg, "^([%w_]+)=(-?%d+)$")
       if key == nil or cfg[key] == nil then
@@ -90,6 +92,7 @@ function init(args)
    config = parse_args(args)  -- global: done() reads it back through thread:get
    seed_generator(config.seed + 7919 * (thread_id or 0))
    wrk.headers["Content-Type"] = "application/json"
+   if config.gzip == 1 then wrk.headers["Accept-Encoding"] = "gzip" end
    if config.pool > 0 then
       local pool = {}
       for i = 1, config.pool do pool[i] = build_request(config) end
@@ -125,7 +128,7 @@ function done(summary, latency, requests)
    add(',"config":{')
    local first = true
    for _, key in ipairs({"items", "top_k", "user_min", "user_max", "item_min", "item_max",
-                         "seed", "pool"}) do
+                         "seed", "pool", "gzip"}) do
       if cfg[key] ~= nil then
          add((first and "" or ",") .. '"' .. key .. '":' .. number(cfg[key]))
          first = false
