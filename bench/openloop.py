@@ -42,7 +42,12 @@ TOOLS_BIN = config.BENCH_DIR / "tools" / "bin"
 INSTALL_HINT = ("oha is not installed: run `bash scripts/install_loadgen.sh` (cargo install --locked "
                 f"oha --version {VERSION} into .bench/tools; needs cargo)")
 POOL_REQUESTS = 1000        # rank.lua's default pool
-CONNECTIONS = 256           # the most requests in flight (rate x latency: 5,000/s x 25 ms = 125)
+# The most requests in flight. A request scheduled while all are busy waits in oha (its latency
+# still counts from its schedule), so the server sees arrivals continue through a stall of up to
+# CONNECTIONS / rate: 0.5 s at 1,000/s, 46 ms at 11,000/s (twice the 25 ms objective). oha's CPU per
+# request was the same at -c 32, 256 and 1024 (bench.loadgen_compare); 512 stays under the usual
+# 1,024 open files of a server process.
+CONNECTIONS = 512
 THREADS = 1                 # oha's tokio worker threads (wrk runs with -t1 too)
 TIMEOUT_S = 10.0            # wrk's --timeout in the bench
 

@@ -369,7 +369,8 @@ def resolve_slo(argv: list[str] | None, environ=None) -> tuple[Settings, SloSett
     parser.add_argument("--objective-ms", dest="objective_ms", help="SLO_P99_MS (default 25)")
     parser.add_argument("--shares", help="SLO_SHARES, e.g. 0.1,0.5,1.0")
     parser.add_argument("--refine", help="SLO_REFINE: extra bisection runs per server (default 3)")
-    parser.add_argument("--connections", help="SLO_CONNECTIONS: oha -c (default 256)")
+    parser.add_argument("--connections", help=f"SLO_CONNECTIONS: oha -c (default "
+                                              f"{openloop.CONNECTIONS})")
     parser.add_argument("--threads", help="SLO_THREADS: oha --worker-threads (default 1)")
     parser.add_argument("--slo-duration", dest="duration_s",
                         help="SLO_DURATION: seconds per open-loop run (default: 10,000 requests, "
