@@ -8,6 +8,7 @@ use clap::Parser;
 use candle_server::model::RankNet;
 use candle_server::runtime;
 use candle_server::server::app::AppState;
+use candle_server::server::batching::{BatchSettings, DEFAULT_MAX_BATCH};
 use candle_server::server::build_info::build_info;
 use candle_server::server::cli::{Args, Runtime};
 use candle_server::server::db::{self, Database};
@@ -42,11 +43,32 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
     }
     let scorer = load_scorer(&args, workers)?;
     let pg_config = db::pg_config(&args.dsn)?;
-    let databases = db::split_pool(usize::from(args.pool_size), workers)?
+    let pool_size = usize::from(args.pool_size);
+    let batching = args
+        .batching
+        .enabled
+        .then(|| {
+            let flags = &args.batching;
+            BatchSettings::new(
+                flags.max_batch.unwrap_or(DEFAULT_MAX_BATCH),
+                flags.max_wait_us.unwrap_or(0),
+                flags.batches_in_flight,
+                pool_size,
+                workers,
+            )
+        })
+        .transpose()?;
+    let databases = db::split_pool(pool_size, workers)?
         .into_iter()
-        .map(|size| Database::new(pg_config.clone(), size))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|size| {
+            let database = Database::new(pg_config.clone(), size)?;
+            Ok(if batching.is_some() { database.for_batches() } else { database })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut state = AppState::new(server_name, scorer, workers);
+    if let Some(settings) = batching {
+        state = state.with_batching(settings);
+    }
     if let Some(key) = &args.api_key {
         state = state.with_api_key(key)?;
     }
@@ -65,9 +87,17 @@ fn run(args: Args, candle_threads: usize) -> Result<(), String> {
         } else {
             String::new()
         };
+        let batching = state.batching.as_ref().map_or(String::new(), |b| {
+            format!(
+                ", batching: max batch {}, max wait {} us, batches in flight {}",
+                b.max_batch,
+                b.max_wait.as_micros(),
+                b.slots.iter().sum::<usize>()
+            )
+        });
         eprintln!(
             "candle_server: {} listening on http://{}:{} (workers {workers}, pool {}, backend \
-             {backend}{threads})",
+             {backend}{threads}{batching})",
             state.server, args.host, args.port, args.pool_size,
         );
         server.await.map_err(|e| format!("server failed: {e}"))

@@ -168,15 +168,25 @@ where
     I: IntoIterator<Item = &'a [f32]>,
     I::IntoIter: ExactSizeIterator,
 {
+    let items = items.into_iter();
+    let mut rows = Vec::with_capacity(items.len() * INPUT_FEATURES);
+    push_rows(&mut rows, user, items)?;
+    Ok(rows)
+}
+
+/// Appends to `rows` one model input row per item: `user` followed by the item's features (a
+/// batch of several users' rows is built by calling it once per user).
+pub fn push_rows<'a, I>(rows: &mut Vec<f32>, user: &[f32], items: I) -> Result<(), ModelError>
+where
+    I: IntoIterator<Item = &'a [f32]>,
+{
     if user.len() != USER_FEATURES {
         return Err(ModelError::Input(format!(
             "user has {} features, expected {USER_FEATURES}",
             user.len()
         )));
     }
-    let items = items.into_iter();
-    let mut rows = Vec::with_capacity(items.len() * INPUT_FEATURES);
-    for (index, item) in items.enumerate() {
+    for (index, item) in items.into_iter().enumerate() {
         if item.len() != ITEM_FEATURES {
             return Err(ModelError::Input(format!(
                 "item row {index} has {} features, expected {ITEM_FEATURES}",
@@ -186,7 +196,7 @@ where
         rows.extend_from_slice(user);
         rows.extend_from_slice(item);
     }
-    Ok(rows)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,6 +254,23 @@ mod tests {
         assert_eq!(&rows[USER_FEATURES..INPUT_FEATURES], &a[..]);
         assert_eq!(&rows[INPUT_FEATURES..INPUT_FEATURES + USER_FEATURES], &user[..]);
         assert_eq!(&rows[INPUT_FEATURES + USER_FEATURES..], &b[..]);
+    }
+
+    #[test]
+    fn push_rows_appends_each_users_rows() {
+        let (alice, bob) = ([1.0f32; USER_FEATURES], [2.0f32; USER_FEATURES]);
+        let (x, y) = ([10.0f32; ITEM_FEATURES], [20.0f32; ITEM_FEATURES]);
+        let mut rows = Vec::new();
+        push_rows(&mut rows, &alice, [&x[..], &y[..]]).expect("alice");
+        push_rows(&mut rows, &bob, [&y[..]]).expect("bob");
+        let want: Vec<f32> = [(&alice, &x), (&alice, &y), (&bob, &y)]
+            .iter()
+            .flat_map(|(user, item)| user.iter().chain(item.iter()).copied())
+            .collect();
+        assert_eq!(rows, want);
+        // A row of the wrong length is refused, naming it.
+        let err = push_rows(&mut rows, &bob, [&x[..], &x[..3]]).expect_err("short item");
+        assert!(err.to_string().contains("item row 1 has 3 features"), "{err}");
     }
 
     #[test]

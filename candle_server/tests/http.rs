@@ -10,10 +10,12 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::test::{self, TestRequest};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use futures_util::future::join_all;
 use serde_json::json;
 
 use candle_server::model::RankNet;
 use candle_server::server::app::AppState;
+use candle_server::server::batching::BatchSettings;
 use candle_server::server::scorer::{NoModel, Scorer};
 use common::{call, rank, unreachable_dsn, SERVER_NAME};
 
@@ -138,6 +140,33 @@ async fn database_down_gives_503_and_unhealthy() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(value["status"], "unavailable");
     assert_eq!(value["server"], SERVER_NAME);
+}
+
+#[actix_web::test]
+async fn database_down_gives_every_request_of_a_batch_503() {
+    let settings = BatchSettings::new(64, 0, None, 2, 1).expect("settings");
+    let app =
+        common::app(named(Box::new(NoModel)).with_batching(settings), &unreachable_dsn()).await;
+    let bodies: Vec<String> =
+        (1..=6).map(|user| format!(r#"{{"user_id": {user}, "item_ids": [1]}}"#)).collect();
+    let answers = join_all(bodies.iter().map(|body| call(&app, rank(body)))).await;
+    for (status, _, value) in answers {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+        let message = value["error"].as_str().expect("error message");
+        assert!(message.starts_with("database unavailable: "), "{message}");
+    }
+    let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+    assert_eq!((&stats["requests"], &stats["errors"]), (&json!(6), &json!(6)));
+    let batches = &stats["batching"];
+    // A failed batch counts its size, and no duration (nothing was answered 200).
+    assert_eq!(batches["requests"], json!(6), "{batches}");
+    assert_eq!(batches["rows"], json!(0), "{batches}");
+    assert_eq!(batches["batch_stages"]["total"]["count"], json!(0), "{batches}");
+    assert_eq!(stats["stages"]["queue"]["count"], json!(0), "{stats}");
+    let settings =
+        ["max_batch", "max_wait_us", "batches_in_flight", "batches_in_flight_per_worker"];
+    let got: Vec<&serde_json::Value> = settings.iter().map(|key| &batches[*key]).collect();
+    assert_eq!(got, [&json!(64), &json!(0), &json!(2), &json!([2])]);
 }
 
 #[actix_web::test]

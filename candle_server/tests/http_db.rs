@@ -11,11 +11,13 @@ mod common;
 
 use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
+use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use candle_server::model::RankNet;
 use candle_server::server::app::AppState;
-use candle_server::server::scorer::Scorer;
+use candle_server::server::batching::BatchSettings;
+use candle_server::server::scorer::{NoModel, Scorer};
 use common::{call, call_raw, dsn, rank, SERVER_NAME};
 
 fn model() -> RankNet {
@@ -70,29 +72,120 @@ fn significant_digits_counts_what_a_reader_needs() {
 
 #[actix_web::test]
 async fn rank_answers_match_the_numpy_reference() {
-    assert_answers_match_the_numpy_reference(Box::new(model()), "candle").await;
+    answers_match_the_numpy_reference(named(Box::new(model())), "candle", false).await;
 }
 
 #[actix_web::test]
 async fn rank_answers_on_onnx_runtime_match_the_numpy_reference() {
-    assert_answers_match_the_numpy_reference(Box::new(common::onnx_model(1)), "onnx").await;
+    let state = named(Box::new(common::onnx_model(1)));
+    answers_match_the_numpy_reference(state, "onnx", false).await;
 }
 
-/// Every case of `artifacts/rank_fixture.json` through `/rank` with `scorer`: the same ids in the
-/// same order as the reference, scores within its tolerance, 404 for its unknown users.
-async fn assert_answers_match_the_numpy_reference(scorer: Box<dyn Scorer>, runtime: &str) {
+/// Micro-batching: the fixture's requests all at once with unknown users and bad input among
+/// them, so that they are served in batches; each answer is still the reference's.
+#[actix_web::test]
+async fn batched_answers_match_the_numpy_reference() {
+    for (scorer, runtime) in [
+        (Box::new(model()) as Box<dyn Scorer>, "candle"),
+        (Box::new(common::onnx_model(1)), "onnx"),
+    ] {
+        let settings = BatchSettings::new(64, 0, None, 2, 1).expect("settings");
+        let state = named(scorer).with_batching(settings);
+        answers_match_the_numpy_reference(state, runtime, true).await;
+    }
+}
+
+/// `--max-wait-us`: a slot waits for a full batch or for its oldest request's deadline. Six
+/// requests at once with batches of at most four: four go at once, the other two wait out the
+/// 50 ms and go together.
+#[actix_web::test]
+async fn max_wait_holds_a_partial_batch_until_its_deadline() {
+    let settings = BatchSettings::new(4, 50_000, None, 2, 1).expect("settings");
+    let app = common::app(named(Box::new(NoModel)).with_batching(settings), &dsn()).await;
+    let bodies: Vec<String> =
+        (1..=6).map(|user| format!(r#"{{"user_id": {user}, "item_ids": [1, 2]}}"#)).collect();
+    let answers = join_all(bodies.iter().map(|body| call(&app, rank(body)))).await;
+    for (user, (status, _, value)) in (1..=6).zip(answers) {
+        assert_eq!(status, StatusCode::OK, "{value}");
+        assert_eq!(value["user_id"], json!(user));
+    }
+    let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+    assert_eq!(stats["batching"]["batch_sizes"], json!([[2, 1], [4, 1]]), "{stats}");
+    assert_eq!(stats["batching"]["max_wait_us"], json!(50_000));
+    let queue = number(&stats, &["stages", "queue", "max_us"]);
+    assert!((50_000.0..1_000_000.0).contains(&queue), "queue max {queue} us: {stats}");
+}
+
+/// Requests that are not fixture cases, mixed in when sending concurrently: each gets its own
+/// error, the rest of its batch its answer.
+fn intruders() -> Vec<(Value, StatusCode, Value)> {
+    let unknown = |id: i64| {
+        (
+            json!({"user_id": id, "item_ids": [1, 2]}),
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("user {id} not found")}),
+        )
+    };
+    vec![
+        unknown(1_000_000_007),
+        (json!("{broken"), StatusCode::BAD_REQUEST, Value::Null),
+        unknown(-3),
+        (
+            json!({"user_id": 5, "item_ids": []}),
+            StatusCode::BAD_REQUEST,
+            json!({"error": "item_ids must have 1 to 1000 entries, got 0"}),
+        ),
+        (
+            json!({"user_id": 5, "item_ids": [0, -1]}),
+            StatusCode::OK,
+            json!({"user_id": 5, "items": []}),
+        ),
+    ]
+}
+
+/// Every case of `artifacts/rank_fixture.json` through `/rank` of `state`: the same ids in the
+/// same order as the reference, scores within its tolerance, 404 for its unknown users. With
+/// `concurrently`, all requests (and the intruders) are in flight at once, and a micro-batching
+/// server must show batches of more than one request in `/stats`.
+async fn answers_match_the_numpy_reference(state: AppState, runtime: &str, concurrently: bool) {
     let fixture = common::artifact_json("rank_fixture.json", "rank-fixture");
     let tolerance = fixture["tolerance"].as_f64().expect("fixture has a numeric `tolerance`");
     let cases = fixture["cases"].as_array().expect("fixture has a list of `cases`");
     assert!(!cases.is_empty(), "the fixture has no cases");
-    let app = common::app(named(scorer), &dsn()).await;
+    let batching = state.batching.is_some();
+    let app = common::app(state, &dsn()).await;
+
+    let mut requests: Vec<&Value> = cases.iter().map(|case| &case["request"]).collect();
+    let intruders = if concurrently { intruders() } else { Vec::new() };
+    for (k, (request, _, _)) in intruders.iter().enumerate() {
+        requests.insert((3 * k + 1).min(requests.len()), request);
+    }
+    let body =
+        |request: &Value| request.as_str().map_or_else(|| request.to_string(), str::to_owned);
+    let answers = if concurrently {
+        join_all(requests.iter().map(|r| call_raw(&app, rank(body(r))))).await
+    } else {
+        let mut answers = Vec::new();
+        for r in &requests {
+            answers.push(call_raw(&app, rank(body(r))).await);
+        }
+        answers
+    };
 
     let (mut answered, mut unknown_users) = (0, 0);
-    for (index, case) in cases.iter().enumerate() {
-        let request = &case["request"];
-        let (status, _, body) = call_raw(&app, rank(request)).await;
+    for (request, (status, _, body)) in requests.iter().zip(answers) {
         let text = std::str::from_utf8(&body).expect("UTF-8 body");
         let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        if let Some((_, want_status, want)) = intruders.iter().find(|(r, _, _)| r == *request) {
+            assert_eq!(status, *want_status, "{request}: {value}");
+            assert!(want.is_null() || value == *want, "{request}: {value}");
+            continue;
+        }
+        let (index, case) = cases
+            .iter()
+            .enumerate()
+            .find(|(_, case)| &case["request"] == *request)
+            .expect("a fixture case");
         let expected = &case["expected"];
         if expected.is_null() {
             // The reference found no such user.
@@ -126,6 +219,21 @@ async fn assert_answers_match_the_numpy_reference(scorer: Box<dyn Scorer>, runti
     eprintln!(
         "{runtime}: {answered} answers and {unknown_users} unknown users as the reference says"
     );
+    if batching {
+        let (_, _, stats) = call(&app, TestRequest::get().uri("/stats")).await;
+        let batches = &stats["batching"];
+        // Every valid request went through a batch (bad input never does), and batches formed.
+        let valid = requests.len() - 2;
+        assert_eq!(number(batches, &["requests"]), valid as f64, "{batches}");
+        let sizes: Vec<(u64, u64)> = serde_json::from_value(batches["batch_sizes"].clone())
+            .unwrap_or_else(|e| panic!("batch_sizes is not [[size, count], ...]: {e}"));
+        assert_eq!(sizes.iter().map(|s| s.1).sum::<u64>() as f64, number(batches, &["batches"]));
+        assert!(sizes.iter().any(|s| s.0 > 1), "no batch of more than one request: {batches}");
+        // `queue` is recorded for the 200 answers, as every other stage.
+        let ok = answered + 1;
+        assert_eq!(number(&stats, &["stages", "queue", "count"]), ok as f64, "{stats}");
+        assert_eq!(number(&stats, &["stages", "total", "count"]), ok as f64, "{stats}");
+    }
 }
 
 #[actix_web::test]

@@ -1,5 +1,7 @@
-//! Routes, handlers and the per-request flow with its stage timers.
+//! Routes, handlers and the per-request flow with its stage timers (the micro-batching flow is in
+//! `batching`).
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,15 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use super::answer::{rank_body, ScoredItem};
+use super::batching::{Answer, BatchSettings, Batcher};
 use super::db::Database;
 use super::error::ApiError;
 use super::request::RankRequest;
 use super::scorer::Scorer;
-use super::stats::{OrderedMap, Stage, StageSummary, StageTimes, StatsRegistry, WorkerHandle};
+use super::stats::{
+    BatchSnapshot, OrderedMap, Stage, StageSummary, StageTimes, StatsRegistry, WorkerHandle,
+};
 use super::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::model;
 use crate::runtime::ThreadSetting;
@@ -27,8 +33,10 @@ pub struct AppState {
     /// `--server-name`: the `server` field of `/health` and `/stats`.
     pub server: String,
     pub workers: usize,
-    pub scorer: Box<dyn Scorer>,
+    pub scorer: Arc<dyn Scorer>,
     pub stats: Arc<StatsRegistry>,
+    /// `--batching`: the micro-batching variant's settings.
+    pub batching: Option<BatchSettings>,
     /// `--api-key`: when set, every route but `GET /health` requires it in `X-API-Key`.
     api_key: Option<Box<[u8]>>,
 }
@@ -49,10 +57,18 @@ impl AppState {
         AppState {
             server: server.into(),
             workers,
-            scorer,
+            scorer: Arc::from(scorer),
             stats: Arc::new(StatsRegistry::default()),
+            batching: None,
             api_key: None,
         }
+    }
+
+    /// The micro-batching variant: valid `/rank` requests are served in batches (`batching`).
+    pub fn with_batching(mut self, settings: BatchSettings) -> Self {
+        self.stats = Arc::new(StatsRegistry::batching(settings.max_batch));
+        self.batching = Some(settings);
+        self
     }
 
     /// Requires `key` on every route but `GET /health`. An empty key is refused.
@@ -82,16 +98,24 @@ impl AppState {
     }
 }
 
-/// Owned by one worker: its own connection pool and its own statistics.
+/// Owned by one worker: its own connection pool, its own statistics and, micro-batching, its
+/// own queue and batch slots.
 #[derive(Debug)]
 pub struct WorkerState {
     pub db: Database,
     pub stats: WorkerHandle,
+    batcher: Option<Rc<Batcher>>,
 }
 
 impl WorkerState {
-    pub fn new(state: &AppState, db: Database) -> Self {
-        WorkerState { db, stats: state.stats.register() }
+    /// The state of worker `index` (0-based), on the thread that runs it.
+    pub fn new(state: &AppState, db: Database, index: usize) -> Self {
+        let stats = state.stats.register();
+        let batcher = state.batching.as_ref().map(|settings| {
+            let slots = settings.slots_of(index).min(db.max_size());
+            Batcher::new(db.clone(), state.scorer.clone(), stats.clone(), settings, slots)
+        });
+        WorkerState { db, stats, batcher }
     }
 }
 
@@ -178,18 +202,6 @@ fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
-#[derive(Serialize)]
-struct ScoredItem {
-    id: i64,
-    score: f32,
-}
-
-#[derive(Serialize)]
-struct RankResponse<'a> {
-    user_id: i64,
-    items: &'a [ScoredItem],
-}
-
 async fn rank(
     req: HttpRequest,
     payload: web::Payload,
@@ -197,11 +209,26 @@ async fn rank(
     worker: Data<WorkerState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload).await?;
-    let mut times = StageTimes::default();
     let received = Instant::now();
-
     let request = RankRequest::from_json(&body)?;
     let parsed = Instant::now();
+    let (body, times) = match &worker.batcher {
+        Some(batcher) => batcher.rank(request, received, parsed).await?,
+        None => rank_alone(&state, &worker, request, received, parsed).await?,
+    };
+    worker.stats.lock().record(&times);
+    Ok(json_response(HttpResponse::Ok(), body))
+}
+
+/// One request on its own: its two queries, its rows, one inference call, its answer.
+async fn rank_alone(
+    state: &AppState,
+    worker: &WorkerState,
+    request: RankRequest,
+    received: Instant,
+    parsed: Instant,
+) -> Answer {
+    let mut times = StageTimes::default();
     times.set(Stage::Parse, parsed - received);
 
     let features = worker.db.fetch(request.user_id, &request.item_ids).await?;
@@ -225,31 +252,17 @@ async fn rank(
         (scores, inferred)
     };
 
-    let mut items: Vec<ScoredItem> = features
+    let items: Vec<ScoredItem> = features
         .items
         .iter()
         .zip(scores)
         .map(|((id, _), score)| ScoredItem { id: *id, score })
         .collect();
-    keep_top_k(&mut items, request.top_k);
-    let body = serde_json::to_vec(&RankResponse { user_id: request.user_id, items: &items })
-        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+    let body = rank_body(request.user_id, items, request.top_k)?;
     let done = Instant::now();
     times.set(Stage::Post, done - scored);
     times.set(Stage::Total, done - received);
-
-    worker.stats.lock().record(&times);
-    Ok(json_response(HttpResponse::Ok(), body))
-}
-
-/// Sorts by score descending, ties by id ascending, and keeps the first `k`.
-fn keep_top_k(items: &mut Vec<ScoredItem>, k: usize) {
-    let order = |a: &ScoredItem, b: &ScoredItem| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id));
-    if k < items.len() {
-        items.select_nth_unstable_by(k, order);
-        items.truncate(k);
-    }
-    items.sort_unstable_by(order);
+    Ok((body, times))
 }
 
 /// A request's body must arrive within this long of its head (a stalled upload would otherwise
@@ -317,9 +330,41 @@ async fn stats(state: Data<AppState>) -> HttpResponse {
         requests: u64,
         errors: u64,
         stages: OrderedMap<'a, StageSummary>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batching: Option<Batching<'a>>,
+    }
+    /// The settings and the merged batch block, under py_servers' keys.
+    #[derive(Serialize)]
+    struct Batching<'a> {
+        max_batch: usize,
+        max_wait_us: u128,
+        batches_in_flight: usize,
+        batches_in_flight_per_worker: &'a [usize],
+        batches: u64,
+        requests: u64,
+        mean_batch_size: f64,
+        batch_sizes: &'a [(usize, u64)],
+        rows: u64,
+        mean_rows: f64,
+        batch_stages: OrderedMap<'a, StageSummary>,
     }
     let runtime_threads = state.scorer.runtime_threads();
     let snapshot = state.stats.snapshot();
+    let batching = state.batching.as_ref().zip(snapshot.batches.as_ref()).map(
+        |(settings, batches): (&BatchSettings, &BatchSnapshot)| Batching {
+            max_batch: settings.max_batch,
+            max_wait_us: settings.max_wait.as_micros(),
+            batches_in_flight: settings.slots.iter().sum(),
+            batches_in_flight_per_worker: &settings.slots,
+            batches: batches.batches,
+            requests: batches.requests,
+            mean_batch_size: batches.mean_batch_size,
+            batch_sizes: &batches.batch_sizes,
+            rows: batches.rows,
+            mean_rows: batches.mean_rows,
+            batch_stages: OrderedMap(&batches.batch_stages),
+        },
+    );
     let body = Stats {
         server: &state.server,
         backend: state.scorer.backend(),
@@ -328,6 +373,7 @@ async fn stats(state: Data<AppState>) -> HttpResponse {
         requests: snapshot.requests,
         errors: snapshot.errors,
         stages: OrderedMap(&snapshot.stages),
+        batching,
     };
     json_response_with(&mut HttpResponse::Ok(), &body)
 }
@@ -402,44 +448,6 @@ fn json_response_with<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn items(pairs: &[(i64, f32)]) -> Vec<ScoredItem> {
-        pairs.iter().map(|&(id, score)| ScoredItem { id, score }).collect()
-    }
-
-    fn ids(items: &[ScoredItem]) -> Vec<i64> {
-        items.iter().map(|i| i.id).collect()
-    }
-
-    #[test]
-    fn top_k_orders_by_score_then_id() {
-        let mut v = items(&[(5, 0.5), (3, 0.9), (9, 0.5), (1, 0.1), (2, 0.5)]);
-        keep_top_k(&mut v, 3);
-        assert_eq!(ids(&v), vec![3, 2, 5]);
-        let mut v = items(&[(5, 0.5), (3, 0.9), (9, 0.5)]);
-        keep_top_k(&mut v, 10);
-        assert_eq!(ids(&v), vec![3, 5, 9]);
-        let mut v = items(&[(4, 0.0), (2, 0.0), (7, 0.0)]);
-        keep_top_k(&mut v, 2);
-        assert_eq!(ids(&v), vec![2, 4]);
-        let mut v = items(&[]);
-        keep_top_k(&mut v, 1);
-        assert!(v.is_empty());
-    }
-
-    #[test]
-    fn scores_are_written_in_their_shortest_float32_form() {
-        // What a float32 needs to read back exactly, not the float64 expansion of it
-        // (0.1f32 widened would print as 0.10000000149011612).
-        let items = items(&[(2, 0.1), (3, 1.0 / 3.0), (4, 0.5), (5, 1e-7), (6, 0.0)]);
-        let body =
-            serde_json::to_string(&RankResponse { user_id: 1, items: &items }).expect("json");
-        assert_eq!(
-            body,
-            r#"{"user_id":1,"items":[{"id":2,"score":0.1},{"id":3,"score":0.33333334},"#.to_owned()
-                + r#"{"id":4,"score":0.5},{"id":5,"score":1e-7},{"id":6,"score":0.0}]}"#
-        );
-    }
 
     #[test]
     fn shorten_cuts_on_char_boundaries() {

@@ -60,6 +60,9 @@ pub struct Args {
     #[arg(long = "no-model", conflicts_with = "runtime")]
     pub no_model: bool,
 
+    #[command(flatten)]
+    pub batching: Batching,
+
     /// Require this key in the `X-API-Key` header on every route but `GET /health` (off by default).
     #[arg(long = "api-key", env = "RANKBENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -67,6 +70,30 @@ pub struct Args {
     /// Print how this binary was built (JSON) and exit.
     #[arg(long = "build-info")]
     pub build_info: bool,
+}
+
+/// The micro-batching variant's flags (py_servers' own).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Micro-batching")]
+pub struct Batching {
+    /// Serve `/rank` in batches: one database round trip and one inference call per batch (the
+    /// registry's micro-batching variants).
+    #[arg(long = "batching")]
+    pub enabled: bool,
+
+    /// Requests per batch at most [default: 64].
+    #[arg(long = "max-batch", value_name = "N", requires = "enabled")]
+    pub max_batch: Option<usize>,
+
+    /// Wait up to US microseconds for a fuller batch once a slot is free [default: 0: no timer,
+    /// whatever is queued goes].
+    #[arg(long = "max-wait-us", value_name = "US", requires = "enabled")]
+    pub max_wait_us: Option<u64>,
+
+    /// Batches served at once, in total over the workers and split like --pool-size; at most
+    /// --pool-size [default: --pool-size].
+    #[arg(long = "batches-in-flight", value_name = "N", requires = "enabled")]
+    pub batches_in_flight: Option<usize>,
 }
 
 /// `--runtime`: what computes the scores.
@@ -119,6 +146,24 @@ mod tests {
         assert_eq!((args.workers, args.pool_size), (2, 6));
         assert_eq!(args.model_dir, PathBuf::from("/abs/artifacts"));
         assert!(args.no_model);
+    }
+
+    #[test]
+    fn batching_flags_need_batching() {
+        let named = ["candle_server", "--server-name", "x"];
+        let args = Args::try_parse_from([&named[..], &["--batching", "--max-batch", "8"]].concat())
+            .expect("batching flags");
+        let batching = args.batching;
+        assert!(batching.enabled);
+        assert_eq!(
+            (batching.max_batch, batching.max_wait_us, batching.batches_in_flight),
+            (Some(8), None, None)
+        );
+        for flag in ["--max-batch", "--max-wait-us", "--batches-in-flight"] {
+            let err = Args::try_parse_from([&named[..], &[flag, "1"]].concat()).expect_err(flag);
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{flag}");
+            assert!(err.to_string().contains("--batching"), "{err}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! PostgreSQL access: one deadpool pool per actix worker, the contract's two prepared queries on
-//! one pooled connection, one after the other.
+//! one pooled connection, one after the other. The micro-batching variant sends the same two
+//! queries widened to a batch (`fetch_batch`: the user query becomes `= ANY($1)` too).
 //!
 //! Each worker owns its share of `--pool-size`, so a connection's tokio-postgres task runs on the
 //! worker thread that uses it: no cross-thread wake-ups, and no runtime besides the workers'.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -17,6 +19,8 @@ use crate::model::{ITEM_FEATURES, USER_FEATURES};
 
 const USER_QUERY: &str = "SELECT features FROM users WHERE id = $1";
 const ITEMS_QUERY: &str = "SELECT id, features FROM items WHERE id = ANY($1)";
+/// Micro-batching: the user query widened to a batch's users (docs/contract.md).
+const BATCH_USERS_QUERY: &str = "SELECT id, features FROM users WHERE id = ANY($1)";
 
 /// Server-side limit per statement, set on every connection: a slow database gives 503.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,10 +66,19 @@ pub struct Features {
     pub items: Vec<(i64, Vec<f32>)>,
 }
 
+/// Features of a batch: the users found, and the items found for them, each once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchFeatures {
+    pub users: HashMap<i64, Vec<f32>>,
+    pub items: HashMap<i64, Vec<f32>>,
+}
+
 /// One worker's pool.
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: Pool,
+    /// Which user statement the connections prepare when warming up: the one that is sent.
+    batching: bool,
 }
 
 impl Database {
@@ -85,7 +98,12 @@ impl Database {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| format!("cannot build the connection pool: {e}"))?;
-        Ok(Database { pool })
+        Ok(Database { pool, batching: false })
+    }
+
+    /// The same pool for a micro-batching server (it prepares the batch statements).
+    pub fn for_batches(self) -> Self {
+        Database { batching: true, ..self }
     }
 
     pub fn max_size(&self) -> usize {
@@ -94,19 +112,32 @@ impl Database {
 
     /// The user's features, then the features of the requested items that exist.
     pub async fn fetch(&self, user_id: i64, item_ids: &[i64]) -> Result<Features, ApiError> {
+        self.on_connection(async |client| run_queries(client, user_id, item_ids).await).await
+    }
+
+    /// A batch's two queries on one pooled connection: every user of `user_ids`, then (when any
+    /// was found) the items `items_for` names for the users found (not sent when it names none).
+    pub async fn fetch_batch(
+        &self,
+        user_ids: &[i64],
+        items_for: impl FnOnce(&HashMap<i64, Vec<f32>>) -> Vec<i64>,
+    ) -> Result<BatchFeatures, ApiError> {
+        self.on_connection(async |client| run_batch_queries(client, user_ids, items_for).await)
+            .await
+    }
+
+    /// Runs `work` on a pooled connection within [`DB_STAGE_TIMEOUT`].
+    async fn on_connection<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        match tokio::time::timeout(DB_STAGE_TIMEOUT, run_queries(&client, user_id, item_ids)).await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                // The connection may still owe answers: take it out of the pool and close it.
-                drop(Object::take(client));
-                Err(ApiError::Unavailable(format!(
-                    "no answer within {} s",
-                    DB_STAGE_TIMEOUT.as_secs()
-                )))
-            }
-        }
+        let result = tokio::time::timeout(DB_STAGE_TIMEOUT, work(&client)).await;
+        result.unwrap_or_else(|_| {
+            // The connection may still owe answers: take it out of the pool and close it.
+            drop(Object::take(client));
+            Err(ApiError::Unavailable(format!("no answer within {} s", DB_STAGE_TIMEOUT.as_secs())))
+        })
     }
 
     /// A round trip on a pooled connection, for `/health`.
@@ -128,7 +159,8 @@ impl Database {
         let mut held = Vec::with_capacity(self.max_size());
         for _ in 0..self.max_size() {
             let client = self.pool.get().await.map_err(pool_error)?;
-            client.prepare_cached(USER_QUERY).await.map_err(query_error)?;
+            let users = if self.batching { BATCH_USERS_QUERY } else { USER_QUERY };
+            client.prepare_cached(users).await.map_err(query_error)?;
             client.prepare_cached(ITEMS_QUERY).await.map_err(query_error)?;
             held.push(client);
         }
@@ -146,34 +178,64 @@ async fn run_queries(
     let Some(row) = row else {
         return Err(ApiError::NotFound(format!("user {user_id} not found")));
     };
-    let user: Vec<f32> = row
-        .try_get(0)
-        .map_err(|e| ApiError::Internal(format!("user {user_id}: cannot decode features: {e}")))?;
-    if user.len() != USER_FEATURES {
-        return Err(ApiError::Internal(format!(
-            "user {user_id} has {} features, expected {USER_FEATURES}",
-            user.len()
-        )));
-    }
-
+    let user = features(&row, 0, USER_FEATURES, || format!("user {user_id}"))?;
     let items_statement = client.prepare_cached(ITEMS_QUERY).await.map_err(query_error)?;
     let rows = client.query(&items_statement, &[&item_ids]).await.map_err(query_error)?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        let decode = |e: tokio_postgres::Error| {
-            ApiError::Internal(format!("cannot decode an items row: {e}"))
-        };
-        let id: i64 = row.try_get(0).map_err(decode)?;
-        let features: Vec<f32> = row.try_get(1).map_err(decode)?;
-        if features.len() != ITEM_FEATURES {
-            return Err(ApiError::Internal(format!(
-                "item {id} has {} features, expected {ITEM_FEATURES}",
-                features.len()
-            )));
-        }
-        items.push((id, features));
+    let items = rows.iter().map(|row| id_and_features(row, "item", ITEM_FEATURES));
+    Ok(Features { user, items: items.collect::<Result<_, _>>()? })
+}
+
+async fn run_batch_queries(
+    client: &deadpool_postgres::Client,
+    user_ids: &[i64],
+    items_for: impl FnOnce(&HashMap<i64, Vec<f32>>) -> Vec<i64>,
+) -> Result<BatchFeatures, ApiError> {
+    let users_statement = client.prepare_cached(BATCH_USERS_QUERY).await.map_err(query_error)?;
+    let rows = client.query(&users_statement, &[&user_ids]).await.map_err(query_error)?;
+    let users = rows
+        .iter()
+        .map(|row| id_and_features(row, "user", USER_FEATURES))
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let item_ids = if users.is_empty() { Vec::new() } else { items_for(&users) };
+    if item_ids.is_empty() {
+        return Ok(BatchFeatures { users, items: HashMap::new() });
     }
-    Ok(Features { user, items })
+    let items_statement = client.prepare_cached(ITEMS_QUERY).await.map_err(query_error)?;
+    let rows = client.query(&items_statement, &[&item_ids]).await.map_err(query_error)?;
+    let items = rows.iter().map(|row| id_and_features(row, "item", ITEM_FEATURES));
+    Ok(BatchFeatures { users, items: items.collect::<Result<_, _>>()? })
+}
+
+/// `(id, features)` of an `id, features` row, the features checked for their length.
+fn id_and_features(
+    row: &tokio_postgres::Row,
+    what: &str,
+    expected: usize,
+) -> Result<(i64, Vec<f32>), ApiError> {
+    let id: i64 = row
+        .try_get(0)
+        .map_err(|e| ApiError::Internal(format!("cannot decode a {what} id: {e}")))?;
+    Ok((id, features(row, 1, expected, || format!("{what} {id}"))?))
+}
+
+/// The `real[]` in column `column`, which must hold `expected` values.
+fn features(
+    row: &tokio_postgres::Row,
+    column: usize,
+    expected: usize,
+    what: impl Fn() -> String,
+) -> Result<Vec<f32>, ApiError> {
+    let values: Vec<f32> = row
+        .try_get(column)
+        .map_err(|e| ApiError::Internal(format!("{}: cannot decode features: {e}", what())))?;
+    if values.len() != expected {
+        return Err(ApiError::Internal(format!(
+            "{} has {} features, expected {expected}",
+            what(),
+            values.len()
+        )));
+    }
+    Ok(values)
 }
 
 fn pool_error(err: PoolError) -> ApiError {

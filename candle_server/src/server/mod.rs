@@ -1,6 +1,8 @@
 //! The HTTP server of the rankbench contract: routes, validation, database, stage statistics.
 
+pub mod answer;
 pub mod app;
+pub mod batching;
 pub mod build_info;
 pub mod cli;
 pub mod db;

@@ -1,5 +1,9 @@
 //! Stage timers: one set of HdrHistograms per actix worker, merged on `GET /stats`.
 //!
+//! A micro-batching server (`--batching`) also records the `queue` stage per request and, once per
+//! batch, the batch's size, its inference rows and its own stage durations (`batching` in
+//! `/stats`, the keys py_servers reports).
+//!
 //! Each worker records into its own `Mutex<WorkerStats>`; the lock is only ever contended by a
 //! `/stats` or `/stats/reset` request, so a request pays one uncontended lock for all its stages.
 //! Values are nanoseconds (3 significant digits, 1 ns .. 60 s); the JSON reports microseconds,
@@ -12,10 +16,12 @@ use hdrhistogram::Histogram;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-/// The contract's stages, in the order `/stats` lists them.
+/// The stages of `/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Parse,
+    /// Micro-batching only: validated -> its batch starts (before the pool acquire).
+    Queue,
     Db,
     Pre,
     Infer,
@@ -23,13 +29,31 @@ pub enum Stage {
     Total,
 }
 
+const STAGE_COUNT: usize = 7;
+
 impl Stage {
-    pub const ALL: [Stage; 6] =
+    /// The contract's stages, in the order `/stats` lists them.
+    pub const PER_REQUEST: [Stage; 6] =
         [Stage::Parse, Stage::Db, Stage::Pre, Stage::Infer, Stage::Post, Stage::Total];
+    /// A micro-batching server's stages per request: the contract's and `queue`.
+    pub const BATCHING: [Stage; 7] = [
+        Stage::Parse,
+        Stage::Queue,
+        Stage::Db,
+        Stage::Pre,
+        Stage::Infer,
+        Stage::Post,
+        Stage::Total,
+    ];
+    /// A batch's own durations (`batch_stages`): its database work, its rows, its inference,
+    /// end of inference -> last body built, and batch start -> last body built.
+    pub const PER_BATCH: [Stage; 5] =
+        [Stage::Db, Stage::Pre, Stage::Infer, Stage::Post, Stage::Total];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Parse => "parse",
+            Stage::Queue => "queue",
             Stage::Db => "db",
             Stage::Pre => "pre",
             Stage::Infer => "infer",
@@ -39,10 +63,11 @@ impl Stage {
     }
 }
 
-/// One request's stage durations, recorded together once the response is built. A stage that
-/// did not run (no `pre`/`infer` when none of the items exists) is left out of its histogram.
+/// One request's (or one batch's) stage durations, recorded together once the response is
+/// built. A stage that did not run (no `pre`/`infer` when none of the items exists) is left out
+/// of its histogram.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct StageTimes([Option<Duration>; 6]);
+pub struct StageTimes([Option<Duration>; STAGE_COUNT]);
 
 impl StageTimes {
     pub fn set(&mut self, stage: Stage, duration: Duration) {
@@ -148,25 +173,43 @@ impl LatencyHistogram {
     }
 }
 
+fn histograms<const N: usize>() -> [LatencyHistogram; N] {
+    std::array::from_fn(|_| LatencyHistogram::new())
+}
+
 /// One worker's counters and histograms.
 #[derive(Debug, Clone)]
 pub struct WorkerStats {
     requests: u64,
     errors: u64,
-    stages: [LatencyHistogram; 6],
+    stages: [LatencyHistogram; STAGE_COUNT],
+    /// Micro-batching only.
+    batches: Option<BatchStats>,
 }
 
-impl Default for WorkerStats {
-    fn default() -> Self {
-        WorkerStats {
-            requests: 0,
-            errors: 0,
-            stages: std::array::from_fn(|_| LatencyHistogram::new()),
-        }
-    }
+/// A micro-batching worker's batches: how many, of which sizes, how many inference rows, and
+/// each batch's own stage durations.
+#[derive(Debug, Clone)]
+struct BatchStats {
+    batches: u64,
+    rows: u64,
+    /// Batches per size (index = requests in the batch, 1..=max_batch).
+    sizes: Vec<u64>,
+    stages: [LatencyHistogram; STAGE_COUNT],
 }
 
 impl WorkerStats {
+    /// `max_batch` > 0: a micro-batching worker, with batches of at most that many requests.
+    pub fn new(max_batch: usize) -> Self {
+        let batches = (max_batch > 0).then(|| BatchStats {
+            batches: 0,
+            rows: 0,
+            sizes: vec![0; max_batch + 1],
+            stages: histograms(),
+        });
+        WorkerStats { requests: 0, errors: 0, stages: histograms(), batches }
+    }
+
     /// Counts one request to `/rank`; `ok` is false when it was answered with a non-2xx status.
     pub fn count_request(&mut self, ok: bool) {
         self.requests += 1;
@@ -176,18 +219,38 @@ impl WorkerStats {
     }
 
     pub fn record(&mut self, times: &StageTimes) {
-        for stage in Stage::ALL {
-            if let Some(duration) = times.get(stage) {
-                self.stages[stage as usize].record(duration);
-            }
+        record_into(&mut self.stages, times);
+    }
+
+    /// One batch of `size` requests and `rows` inference rows, with its own durations (`None`: a
+    /// batch whose database work failed counts its size only). Ignored by a per-request worker.
+    pub fn record_batch(&mut self, size: usize, rows: usize, times: Option<&StageTimes>) {
+        let Some(batches) = self.batches.as_mut() else { return };
+        batches.batches += 1;
+        batches.rows += u64::try_from(rows).unwrap_or(u64::MAX);
+        if size >= batches.sizes.len() {
+            batches.sizes.resize(size + 1, 0);
+        }
+        batches.sizes[size] += 1;
+        if let Some(times) = times {
+            record_into(&mut batches.stages, times);
         }
     }
 
     fn merge(&mut self, other: &WorkerStats) {
         self.requests += other.requests;
         self.errors += other.errors;
-        for (mine, theirs) in self.stages.iter_mut().zip(&other.stages) {
-            mine.merge(theirs);
+        merge_into(&mut self.stages, &other.stages);
+        if let (Some(mine), Some(theirs)) = (self.batches.as_mut(), other.batches.as_ref()) {
+            mine.batches += theirs.batches;
+            mine.rows += theirs.rows;
+            if mine.sizes.len() < theirs.sizes.len() {
+                mine.sizes.resize(theirs.sizes.len(), 0);
+            }
+            for (count, theirs) in mine.sizes.iter_mut().zip(&theirs.sizes) {
+                *count += theirs;
+            }
+            merge_into(&mut mine.stages, &theirs.stages);
         }
     }
 
@@ -195,6 +258,29 @@ impl WorkerStats {
         self.requests = 0;
         self.errors = 0;
         self.stages.iter_mut().for_each(LatencyHistogram::reset);
+        if let Some(batches) = self.batches.as_mut() {
+            batches.batches = 0;
+            batches.rows = 0;
+            batches.sizes.iter_mut().for_each(|count| *count = 0);
+            batches.stages.iter_mut().for_each(LatencyHistogram::reset);
+        }
+    }
+}
+
+fn record_into(histograms: &mut [LatencyHistogram; STAGE_COUNT], times: &StageTimes) {
+    for (histogram, duration) in histograms.iter_mut().zip(times.0) {
+        if let Some(duration) = duration {
+            histogram.record(duration);
+        }
+    }
+}
+
+fn merge_into(
+    mine: &mut [LatencyHistogram; STAGE_COUNT],
+    theirs: &[LatencyHistogram; STAGE_COUNT],
+) {
+    for (mine, theirs) in mine.iter_mut().zip(theirs) {
+        mine.merge(theirs);
     }
 }
 
@@ -213,25 +299,61 @@ impl WorkerHandle {
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
     workers: Mutex<Vec<WorkerHandle>>,
+    /// 0: per request; else micro-batching with batches of at most this many requests.
+    max_batch: usize,
 }
 
 impl StatsRegistry {
+    /// A micro-batching server's registry: the `queue` stage and the batch block.
+    pub fn batching(max_batch: usize) -> Self {
+        StatsRegistry { workers: Mutex::default(), max_batch: max_batch.max(1) }
+    }
+
     /// Called once per worker (actix calls the app factory on each worker thread).
     pub fn register(&self) -> WorkerHandle {
-        let handle = WorkerHandle(Arc::new(Mutex::new(WorkerStats::default())));
+        let handle = WorkerHandle(Arc::new(Mutex::new(WorkerStats::new(self.max_batch))));
         self.lock_workers().push(handle.clone());
         handle
     }
 
+    /// The stages this server reports, in `/stats` order.
+    pub fn stages(&self) -> &'static [Stage] {
+        if self.max_batch > 0 {
+            &Stage::BATCHING
+        } else {
+            &Stage::PER_REQUEST
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut merged = WorkerStats::default();
+        let mut merged = WorkerStats::new(self.max_batch);
         for worker in self.lock_workers().iter() {
             merged.merge(&worker.lock());
         }
+        let summaries = |histograms: &[LatencyHistogram; STAGE_COUNT], stages: &[Stage]| {
+            stages
+                .iter()
+                .map(|&stage| (stage.name(), histograms[stage as usize].summary()))
+                .collect()
+        };
         StatsSnapshot {
             requests: merged.requests,
             errors: merged.errors,
-            stages: Stage::ALL.map(|stage| (stage.name(), merged.stages[stage as usize].summary())),
+            stages: summaries(&merged.stages, self.stages()),
+            batches: merged.batches.map(|batches| {
+                let sizes: Vec<(usize, u64)> =
+                    batches.sizes.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
+                let requests = sizes.iter().map(|&(size, n)| size as u64 * n).sum();
+                BatchSnapshot {
+                    batches: batches.batches,
+                    requests,
+                    mean_batch_size: mean(requests, batches.batches),
+                    batch_sizes: sizes,
+                    rows: batches.rows,
+                    mean_rows: mean(batches.rows, batches.batches),
+                    batch_stages: summaries(&batches.stages, &Stage::PER_BATCH),
+                }
+            }),
         }
     }
 
@@ -243,6 +365,15 @@ impl StatsRegistry {
 
     fn lock_workers(&self) -> MutexGuard<'_, Vec<WorkerHandle>> {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `total / count` to three decimals (as py_servers reports it), 0 for no count.
+fn mean(total: u64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        (total as f64 / count as f64 * 1000.0).round() / 1000.0
     }
 }
 
@@ -263,7 +394,24 @@ pub struct StageSummary {
 pub struct StatsSnapshot {
     pub requests: u64,
     pub errors: u64,
-    pub stages: [(&'static str, StageSummary); 6],
+    pub stages: Vec<(&'static str, StageSummary)>,
+    /// Micro-batching only.
+    pub batches: Option<BatchSnapshot>,
+}
+
+/// The merged batch block of `/stats` (`batching`, beside the settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSnapshot {
+    pub batches: u64,
+    /// Requests that went through a batch (200, 404 and 503 answers alike).
+    pub requests: u64,
+    pub mean_batch_size: f64,
+    /// `[[size, batches], ...]`, ascending sizes, counts > 0.
+    pub batch_sizes: Vec<(usize, u64)>,
+    pub rows: u64,
+    pub mean_rows: f64,
+    /// One sample per batch.
+    pub batch_stages: Vec<(&'static str, StageSummary)>,
 }
 
 /// Serialises `(name, value)` pairs as a JSON object in their order (the stages in the
@@ -286,7 +434,7 @@ mod tests {
 
     fn times(us: u64) -> StageTimes {
         let mut t = StageTimes::default();
-        for stage in Stage::ALL {
+        for stage in Stage::BATCHING {
             t.set(stage, Duration::from_micros(us));
         }
         t
@@ -341,6 +489,47 @@ mod tests {
             && s.sum_us == 0.0
             && s.max_us == 0.0
             && s.histogram.is_empty()));
+    }
+
+    #[test]
+    fn batching_adds_queue_and_the_batch_block() {
+        // Per request: the contract's six stages, no batch block even if a batch is recorded.
+        let registry = StatsRegistry::default();
+        registry.register().lock().record_batch(3, 9, None);
+        let snap = registry.snapshot();
+        let names: Vec<&str> = snap.stages.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["parse", "db", "pre", "infer", "post", "total"]);
+        assert!(snap.batches.is_none());
+
+        let registry = StatsRegistry::batching(4);
+        let (a, b) = (registry.register(), registry.register());
+        a.lock().record(&times(5));
+        let mut batch = StageTimes::default();
+        batch.set(Stage::Db, Duration::from_micros(40));
+        batch.set(Stage::Total, Duration::from_micros(90));
+        a.lock().record_batch(3, 12, Some(&batch));
+        a.lock().record_batch(1, 0, None); // database failed: its size only
+        b.lock().record_batch(3, 30, Some(&batch));
+        let snap = registry.snapshot();
+        let names: Vec<&str> = snap.stages.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["parse", "queue", "db", "pre", "infer", "post", "total"]);
+        assert_eq!(snap.stages[1].1.count, 1, "queue");
+        let batches = snap.batches.expect("batch block");
+        assert_eq!((batches.batches, batches.requests, batches.rows), (3, 7, 42));
+        assert_eq!(batches.batch_sizes, vec![(1, 1), (3, 2)]);
+        assert_eq!((batches.mean_batch_size, batches.mean_rows), (2.333, 14.0));
+        let stage = |name: &str| {
+            batches.batch_stages.iter().find(|(n, _)| *n == name).expect(name).1.clone()
+        };
+        assert_eq!((stage("db").count, stage("db").sum_us), (2, 80.0));
+        assert_eq!((stage("total").count, stage("infer").count), (2, 0));
+        let names: Vec<&str> = batches.batch_stages.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["db", "pre", "infer", "post", "total"]);
+
+        registry.reset();
+        let batches = registry.snapshot().batches.expect("batch block");
+        assert_eq!((batches.batches, batches.requests, batches.rows), (0, 0, 0));
+        assert!(batches.batch_sizes.is_empty() && batches.mean_batch_size == 0.0);
     }
 
     #[test]

@@ -80,14 +80,14 @@ pub fn serve(
     let factory = move || {
         // Called once on each worker thread: the worker owns the pool it picks here, so the
         // connections' tokio-postgres tasks run on this thread.
-        let index = next_worker.fetch_add(1, Ordering::Relaxed);
-        let db = databases[index % databases.len()].clone();
+        let index = next_worker.fetch_add(1, Ordering::Relaxed) % databases.len();
+        let db = databases[index].clone();
         let warm = db.clone();
         actix_web::rt::spawn(async move {
             // A failure is reported by the requests and `/health` that meet it.
             let _ = warm.warm_up().await;
         });
-        let worker = Data::new(WorkerState::new(&state, db));
+        let worker = Data::new(WorkerState::new(&state, db, index));
         let app = build_app(state.clone(), worker);
 
         let drain_idle = drain_idle.clone();

@@ -126,7 +126,7 @@ mod server {
     > {
         let state = Data::new(state);
         let db = Database::new(pg_config(dsn).expect("dsn"), 2).expect("pool");
-        let worker = Data::new(WorkerState::new(&state, db));
+        let worker = Data::new(WorkerState::new(&state, db, 0));
         test::init_service(build_app(state, worker)).await
     }
 
