@@ -6,10 +6,9 @@ proves the conformance suite, the bench plan and the report pick a new entry up 
 """
 from __future__ import annotations
 
-from rankbench.servers import SERVERS, with_name
+from recipe_names import RECIPE_NAME, RECIPE_PORT
 
-RECIPE_NAME = "recipe-floor"
-RECIPE_PORT = 8099
+from rankbench.servers import SERVERS, with_name
 
 
 def register() -> None:
@@ -17,4 +16,4 @@ def register() -> None:
     SERVERS.setdefault(RECIPE_NAME, with_name(template, RECIPE_NAME, RECIPE_PORT))
 
 
-register()
+register()   # on import: `-p recipe_plugin` loads it before the suites choose their servers

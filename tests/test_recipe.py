@@ -13,7 +13,7 @@ from rankbench.config import ROOT
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from recipe_plugin import RECIPE_NAME  # noqa: E402
+from recipe_names import RECIPE_NAME  # noqa: E402  (importing the plugin would register it)
 
 
 def _env(dsn: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ def test_profile_run_end_to_end(dsn, profilers, tmp_path):
                       interpreter=_interpreter_facet(), backend="fake", default_port=0,
                       build_command=lambda common: [sys.executable, str(FAKE), *common,
                                                     "--data", "synthetic"],
-                      startup_timeout_s=30.0)
+                      startup_timeout_s=30.0, studies=("main",))
     from bench.serverproc import free_port
     spec = replace(spec, default_port=free_port())
     settings, profiler, _ = resolve(["--duration", "2", "--warmup", "1", "--concurrency", "4",
