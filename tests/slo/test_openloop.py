@@ -122,3 +122,16 @@ def test_a_short_open_loop_study_joins_runs_jsonl(oha, dsn, model_dir, tmp_path)
     assert env_json["slo"]["requests"]["items"] == 10
     assert (folder / "openloop_bodies.txt").read_bytes().count(b"\n") == openloop.POOL_REQUESTS
     assert (folder / "slo.md").exists() and (folder / "slo_latency.png").exists()
+
+
+def test_unanswered_requests_are_errors_except_ticks_skipped_in_the_last_20_ms():
+    def client(requests: int) -> dict:
+        return openloop.client_record(rate=1000, duration_s=10, connections=8, timeout_s=5,
+                                      hist=[[900, requests]], statuses={200: requests},
+                                      total_bytes=0, threads=1)
+
+    assert client(10_000)["errors"]["timeout"] == 0
+    assert client(9_980)["errors"]["timeout"] == 0        # 20 ticks skipped by a late generator
+    late = client(9_900)
+    assert late["scheduled"] == 10_000
+    assert late["not_completed"] == late["errors"]["timeout"] == 80
