@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
+from typing import Callable
 
+from bench.procs import Supervisor
 from bench.runner import Bench, BenchError
 from bench.settings import SettingsError, resolve
 
@@ -18,6 +21,41 @@ class Terminated(BaseException):
 
 
 
+def run_study(tool: str, run: Callable[[], int], results_dir: Callable[[], Path | None],
+              supervisor: Supervisor | None = None,
+              expected: tuple[type[Exception], ...] = ()) -> int:
+    """Run a study with the harness's signal handling and failure lines (bench, profile, slo):
+    SIGINT/SIGTERM raise in the main thread so that the study stops what it started; an expected
+    failure is one line on stderr (exit 1), an interrupt says what was stopped (exit 130 / 143)."""
+    def on_signal(signum, frame):
+        if supervisor is not None:
+            supervisor.mark()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run()  # a study stops everything it started, whatever happens
+    except expected as exc:
+        print(f"{tool}: {exc}", file=sys.stderr)
+        return 1
+    except BenchError as exc:
+        for line in exc.describe():
+            print(line.replace("bench: ", f"{tool}: ", 1), file=sys.stderr)
+        if results_dir():
+            print(f"{tool}: partial results kept in {results_dir()}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped = list(dict.fromkeys(supervisor.stopped_since_mark())) if supervisor else []
+        what = f" ({', '.join(stopped)})" if stopped else ""
+        where = f"; partial results in {results_dir()}" if results_dir() else ""
+        print(f"{tool}: interrupted; stopped every process it had started{what}{where}",
+              file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None, registry=None) -> int:
     try:
         settings, args = resolve(argv)
@@ -25,28 +63,4 @@ def main(argv: list[str] | None = None, registry=None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     bench = Bench(settings, registry=registry, dry_run=args.dry_run)
-
-    def on_signal(signum, frame):
-        bench.supervisor.mark()
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-    previous_int = signal.signal(signal.SIGINT, on_signal)
-    previous_term = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        return bench.run()  # run() stops everything it started, whatever happens
-    except BenchError as exc:
-        for line in exc.describe():
-            print(line, file=sys.stderr)
-        if bench.results_dir:
-            print(f"bench: partial results kept in {bench.results_dir}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        stopped = list(dict.fromkeys(bench.supervisor.stopped_since_mark()))
-        what = f" ({', '.join(stopped)})" if stopped else ""
-        where = f"; partial results in {bench.results_dir}" if bench.results_dir else ""
-        print(f"bench: interrupted; stopped every process it had started{what}{where}",
-              file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
+    return run_study("bench", bench.run, lambda: bench.results_dir, bench.supervisor)

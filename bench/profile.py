@@ -10,18 +10,13 @@ one line on stderr and exit 1; Ctrl-C stops every process the run started (exit 
 """
 from __future__ import annotations
 
-import signal
 import sys
 
+from bench.cli import run_study
 from bench.profiling.session import ProfileSession
 from bench.profiling.settings import resolve
 from bench.profiling.tools import ProfilerUnavailable
-from bench.serverproc import BenchError
 from bench.settings import SettingsError
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
 
 
 def main(argv: list[str] | None = None, registry=None) -> int:
@@ -32,27 +27,9 @@ def main(argv: list[str] | None = None, registry=None) -> int:
         return 2
     session = ProfileSession(settings, profiler, registry=registry, flamegraphs=args.flamegraphs,
                              keep_perf_data=args.keep_perf_data)
-
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return session.run(dry_run=args.dry_run)
-    except ProfilerUnavailable as exc:
-        print(f"profile: {exc}", file=sys.stderr)
-        return 1
-    except BenchError as exc:
-        for line in exc.describe():
-            print(line.replace("bench: ", "profile: ", 1), file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        where = f"; partial results in {session.folder.path}" if session.folder else ""
-        print(f"profile: interrupted; stopped every process it had started{where}", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_study("profile", lambda: session.run(dry_run=args.dry_run),
+                     lambda: session.folder.path if session.folder else None,
+                     expected=(ProfilerUnavailable,))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from rankbench import config, slo as rules
 
 from bench import loadgen_compare, openloop, plan, records
+from bench.cli import run_study
 from bench.results import ResultsFolder, utc
 from bench.runner import Bench, MeasuredLoad
 from bench.serverproc import HOST, BenchError, RunningServer
@@ -411,10 +411,6 @@ def resolve_slo(argv: list[str] | None, environ=None) -> tuple[Settings, SloSett
     return settings, slo, bench_args
 
 
-class Terminated(BaseException):
-    pass
-
-
 def main(argv: list[str] | None = None, registry=None) -> int:
     try:
         settings, slo, args = resolve_slo(argv)
@@ -422,27 +418,7 @@ def main(argv: list[str] | None = None, registry=None) -> int:
         print(f"slo: {exc}", file=sys.stderr)
         return 2
     study = SloStudy(settings, slo, registry=registry, dry_run=args.dry_run)
-
-    def on_signal(signum, frame):
-        study.bench.supervisor.mark()
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return study.run()
-    except BenchError as exc:
-        for line in exc.describe():
-            print(line.replace("bench: ", "slo: ", 1), file=sys.stderr)
-        if study.bench.results_dir:
-            print(f"slo: partial results kept in {study.bench.results_dir}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        where = f"; partial results in {study.bench.results_dir}" if study.bench.results_dir else ""
-        print(f"slo: interrupted; stopped every process it had started{where}", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_study("slo", study.run, lambda: study.bench.results_dir, study.bench.supervisor)
 
 
 if __name__ == "__main__":

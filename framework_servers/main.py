@@ -24,7 +24,7 @@ import signal
 import sys
 from pathlib import Path
 
-from rankbench import config
+from rankbench import config, serverflags
 
 STACKS = {"seed": "framework_servers.seed_app:create_app",
           "fastapi": "framework_servers.fastapi_app:create_app"}
@@ -47,7 +47,6 @@ def parse_args(argv: list[str] | None):
         prog="python -m framework_servers",
         description="rankbench FastAPI + uvicorn servers (the published stack and the framework "
                     "alone); see docs/contract.md")
-    parser.add_argument("--server-name", required=True, metavar="NAME")
     parser.add_argument("--stack", required=True, choices=sorted(STACKS))
     parser.add_argument("--backend", required=True,
                         choices=sorted({b for names in BACKENDS.values() for b in names}))
@@ -55,46 +54,17 @@ def parse_args(argv: list[str] | None):
                         help="seed stack: the runtime's own thread defaults (the study) or one "
                              "intra-op thread without spinning")
     parser.add_argument("--access-log", action="store_true", help="uvicorn's access log on stdout")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=None,
-                        help="default: the port of --server-name in rankbench.servers")
-    parser.add_argument("--dsn", default=None, help="default: $DATABASE_URL or the private cluster")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pool-size", type=int, default=8,
-                        help="database connections in total, split over the workers")
-    parser.add_argument("--model-dir", type=Path, default=config.ARTIFACTS_DIR)
-    parser.add_argument("--api-key", default=None, metavar="KEY",
-                        help="require header `X-API-Key: KEY` on every route but GET /health "
-                             "(default: $RANKBENCH_API_KEY; unset or empty: no key)")
+    serverflags.add_common(parser)
     args = parser.parse_args(argv)
-    if args.api_key == "":
-        print("--api-key must not be empty", file=sys.stderr)
-        raise SystemExit(2)
-    api_key = args.api_key if args.api_key is not None else (
-        os.environ.get("RANKBENCH_API_KEY") or None)
     if args.backend not in BACKENDS[args.stack]:
         parser.error(f"--stack {args.stack} runs --backend {', '.join(BACKENDS[args.stack])}")
     if args.stack == "fastapi" and args.runtime_threads != "default":
         parser.error("--runtime-threads is for --stack seed (fastapi uses py_servers' backends)")
+    api_key = serverflags.check_common(parser, args, lambda spec: (
+        f"as a {spec.http} server with backend {spec.backend}, not a {HTTP_FACET} server with "
+        f"--backend {args.backend}")
+        if spec.http != HTTP_FACET or spec.backend != args.backend else None)
     name = args.server_name
-    if not name or not all("!" <= c <= "~" for c in name):
-        parser.error(f"--server-name must be printable ASCII without spaces, got {name!r}")
-    from rankbench.servers import SERVERS
-    spec = SERVERS.get(name)
-    if spec is not None and (spec.http != HTTP_FACET or spec.backend != args.backend):
-        parser.error(f"--server-name {name} is registered in rankbench.servers as a {spec.http} "
-                     f"server with backend {spec.backend}, not a {HTTP_FACET} server with "
-                     f"--backend {args.backend}")
-    if args.port is None:
-        if spec is None:
-            parser.error("--port is required for a server not in rankbench.servers")
-        args.port = spec.default_port
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be 0..65535, got {args.port}")
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
-    if args.pool_size < 1:
-        parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
     return Settings(server_name=name, stack=args.stack, backend=args.backend,
                     runtime_threads=args.runtime_threads, host=args.host, port=args.port,
                     dsn=args.dsn or config.dsn(), workers=args.workers, pool_size=args.pool_size,

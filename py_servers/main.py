@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 
 from py_servers.backends import BACKENDS, BackendError, check_backend  # noqa: E402
 from py_servers.stats import SharedStats  # noqa: E402
-from rankbench import config  # noqa: E402
+from rankbench import config, serverflags  # noqa: E402
 
 MICRO_BATCHING = "micro-batching"   # the registry's variant facet of a --batching server
 DEFAULT_MAX_BATCH = 64
@@ -79,22 +79,9 @@ def parse_args(argv: list[str] | None) -> Settings:
         prog="python -m py_servers",
         description="rankbench Python server (uvloop + httptools + asyncpg + orjson); "
                     "see docs/contract.md")
-    parser.add_argument("--server-name", required=True, metavar="NAME",
-                        help="the name reported in /health and /stats (a name from "
-                             "rankbench.servers, or any other name with --port)")
+    serverflags.add_common(parser)
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
                         help="model runtime; `none` skips inference (the DB-and-HTTP floor)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=None,
-                        help="default: the port of --server-name in rankbench.servers")
-    parser.add_argument("--dsn", default=None, help="default: $DATABASE_URL or the private cluster")
-    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
-    parser.add_argument("--pool-size", type=int, default=8,
-                        help="database connections in total, split over the workers")
-    parser.add_argument("--model-dir", type=Path, default=config.ARTIFACTS_DIR)
-    parser.add_argument("--api-key", default=None, metavar="KEY",
-                        help="require header `X-API-Key: KEY` on every route but GET /health "
-                             "(default: $RANKBENCH_API_KEY; unset or empty: no key)")
     parser.add_argument("--no-timers", action="store_true",
                         help="do not time stages (to measure what the timers cost); "
                              "/stats still counts requests and errors")
@@ -112,37 +99,19 @@ def parse_args(argv: list[str] | None) -> Settings:
                           help="batches served at once, in total over the workers and split like "
                                "--pool-size; at most --pool-size (default: --pool-size)")
     args = parser.parse_args(argv)
-    if args.api_key == "":
-        # An empty key would accept an empty header: refuse rather than guess what was meant.
-        print("--api-key must not be empty", file=sys.stderr)
-        raise SystemExit(2)
-    api_key = args.api_key if args.api_key is not None else (
-        os.environ.get("RANKBENCH_API_KEY") or None)
+
+    def mismatch(spec) -> str | None:
+        if spec.language != "python" or spec.backend != args.backend:
+            return (f"as a {spec.language} server with backend {spec.backend}, "
+                    f"not a python server with --backend {args.backend}")
+        if (spec.variant == MICRO_BATCHING) != args.batching:
+            return (f"with variant {spec.variant}: " + (
+                "it needs --batching" if not args.batching
+                else "--batching belongs to a micro-batching variant"))
+        return None
+
+    api_key = serverflags.check_common(parser, args, mismatch)
     name = args.server_name
-    # The name goes into the Server header verbatim: printable ASCII, no spaces (no CR/LF).
-    if not name or not all("!" <= c <= "~" for c in name):
-        parser.error(f"--server-name must be printable ASCII without spaces, got {name!r}")
-    from rankbench.servers import SERVERS
-    spec = SERVERS.get(name)
-    if spec is not None and (spec.language != "python" or spec.backend != args.backend):
-        # Results are keyed by this name: never let one server report under another's.
-        parser.error(f"--server-name {name} is registered in rankbench.servers as a "
-                     f"{spec.language} server with backend {spec.backend}, "
-                     f"not a python server with --backend {args.backend}")
-    if spec is not None and (spec.variant == MICRO_BATCHING) != args.batching:
-        parser.error(f"--server-name {name} is registered in rankbench.servers with variant "
-                     f"{spec.variant}: " + ("it needs --batching" if not args.batching else
-                                            "--batching belongs to a micro-batching variant"))
-    if args.port is None:
-        if spec is None:
-            parser.error("--port is required for a server not in rankbench.servers")
-        args.port = spec.default_port
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be 0..65535, got {args.port}")
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
-    if args.pool_size < 1:
-        parser.error(f"--pool-size must be >= 1, got {args.pool_size}")
     if not args.batching:
         given = [flag for flag, value in (("--max-batch", args.max_batch),
                                           ("--max-wait-us", args.max_wait_us),

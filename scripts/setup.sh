@@ -43,6 +43,8 @@ command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust stable (
 command -v inferno-flamegraph >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/inferno-flamegraph" ] || {
     echo "setup: installing inferno (flame graphs)"
     cargo install --quiet --locked inferno --version 0.12.8 || fail "cargo install inferno failed"; }
+# The open-loop load generator of make bench-slo (oha, pinned, into .bench/tools).
+bash scripts/install_loadgen.sh
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \

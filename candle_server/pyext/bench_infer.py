@@ -6,7 +6,7 @@
 Per batch size and round, each contender is timed for about --window-ms of calls, in an order that
 rotates from round to round; the table gives the median over rounds of the mean per call.
 Contenders:
-  py-candle      rankbench_candle.RankNet.infer from Python (checks, input copy, GIL release,
+  infer from Python  rankbench_candle.RankNet.infer from Python (checks, input copy, GIL release,
                  forward pass, scores handed to NumPy): py-candle's `infer` stage
   candle (ext)   RankNet::scores looped inside the extension: the forward pass alone, same .so
   onnxruntime    py_servers' onnx backend (1 intra-op thread, no spinning): py-onnx's `infer`
@@ -99,7 +99,7 @@ def main() -> int:
     window = int(args.window_ms * 1e6)
 
     contenders = {
-        "py-candle": model.infer,
+        "infer from Python": model.infer,
         "onnxruntime": onnx.infer,
     }
     cpu: dict[tuple[str, int], list[float]] = {}
@@ -126,12 +126,12 @@ def main() -> int:
                     cpu.setdefault(("candle (bin)", n), []).append(us)
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
-    names = ["py-candle", "candle (ext)"] + (["candle (bin)"] if args.rust_bench else []) \
+    names = ["infer from Python", "candle (ext)"] + (["candle (bin)"] if args.rust_bench else []) \
         + ["onnxruntime"]
     print(f"median over {args.rounds} rounds of the mean thread-CPU us per call "
           f"(wall-clock us in brackets)")
     header = f"{'rows':>5} " + " ".join(f"{name:>20}" for name in names) \
-        + f" {'binding adds':>13} {'py-candle/bin':>14}"
+        + f" {'binding adds':>13} {'Python/bin':>14}"
     print(header)
     for n in sizes:
         cells = []
@@ -141,7 +141,7 @@ def main() -> int:
             if (name, n) in wall:
                 cell += f" [{statistics.median(wall[(name, n)]):.1f}]"
             cells.append(f"{cell:>20}")
-        candle_py = statistics.median(cpu[("py-candle", n)])
+        candle_py = statistics.median(cpu[("infer from Python", n)])
         added = candle_py - statistics.median(cpu[("candle (ext)", n)])
         ratio = (f"{candle_py / statistics.median(cpu[('candle (bin)', n)]):.2f}x"
                  if args.rust_bench else "-")
