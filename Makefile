@@ -78,7 +78,12 @@ bench-sweep: seed model build
 #   bench-ladder  the rungs from the published FastAPI stack to Candle, concurrency 32 and 10
 #   bench-batch   per-request and micro-batching servers, concurrency 1/8/32/128 (about 55 min)
 #   bench-python  the Python servers on every interpreter `make pythons` installed
-.PHONY: bench-ladder bench-batch bench-python pythons
+#   bench-slo     open loop (oha at fixed rates): latency against offered load and each server's
+#                 capacity under SLO_P99_MS (default 25); results/<UTC>/slo.md
+.PHONY: bench-ladder bench-batch bench-python bench-slo pythons
+bench-slo: seed model build
+	@$(PY) -m bench.slo
+
 bench-ladder: seed model build
 	@$(PY) -m bench --profile ladder
 
