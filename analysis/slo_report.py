@@ -160,8 +160,8 @@ def why_sentence(study: Study, fast: ServerSlo, slow: ServerSlo, cf: rules.Capac
     share_f = cf.rps / fast.closed_loop_rps
     share_s = cs.rps / slow.closed_loop_rps
     low_f, low_s = fast.p99_ms_at_lowest(), slow.p99_ms_at_lowest()
-    start = (f" (p99 at its lowest rate {low_s:.1f} ms against {low_f:.1f} ms)"
-             if low_f is not None and low_s is not None else "")
+    start = (f" (p99 at the lowest rate measured: {slow.name} {low_s:.1f} ms, {fast.name} "
+             f"{low_f:.1f} ms)" if low_f is not None and low_s is not None else "")
     if abs(cap_ratio / closed - 1) < 0.05:
         return (f"The two ratios agree within 5% ({cap_ratio:.2f}x against {closed:.2f}x): both "
                 f"servers keep p99 <= {objective} up to a similar share of their closed-loop "

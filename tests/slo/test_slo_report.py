@@ -107,7 +107,8 @@ def test_pairs_are_chosen_by_facets_and_set_beside_the_closed_loop_ratio(folder)
     assert server_layer.sentence.startswith("The capacity ratio (3.60x) is wider than the "
                                             "closed-loop ratio (2.00x) because rs keeps p99 <= "
                                             "25 ms up to 90% of its closed-loop maximum and pyc up "
-                                            "to 50%")
+                                            "to 50% (p99 at the lowest rate measured: pyc "
+                                            "5.0 ms, rs 2.0 ms)")
     runtime_too = slo_report.pair(study, "pyo", "rs", chosen[("pyo", "rs")])
     assert runtime_too.capacity_ratio == pytest.approx(9_000 / 3_600)
     assert "agree within 5%" in runtime_too.sentence  # 2.50x against 2.50x
