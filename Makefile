@@ -84,6 +84,12 @@ bench-sweep: seed model build
 bench-slo: seed model build
 	@$(PY) -m bench.slo
 
+# The open-loop candidates side by side against a trivial server: vegeta, oha, k6 (these two need Go).
+.PHONY: loadgen-compare
+loadgen-compare: build
+	@bash scripts/install_loadgen.sh --all
+	@$(PY) -m bench.loadgen_compare
+
 bench-ladder: seed model build
 	@$(PY) -m bench --profile ladder
 
