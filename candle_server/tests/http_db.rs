@@ -288,12 +288,15 @@ async fn health_and_stage_counts() {
         assert!(histogram.iter().all(|b| b.1 > 0), "{name}: {histogram:?}");
         assert!(histogram.windows(2).all(|w| w[0].0 < w[1].0), "{name}: {histogram:?}");
     }
-    let parts: f64 = ["parse", "db", "pre", "infer", "post"]
+    // The sums are microseconds with nanosecond resolution: compare whole nanoseconds, exactly
+    // (adding five f64 sums can land a rounding step above the total the stages partition).
+    let ns = |value: f64| (value * 1000.0).round() as i64;
+    let parts: i64 = ["parse", "db", "pre", "infer", "post"]
         .iter()
-        .map(|s| number(&stats, &["stages", s, "sum_us"]))
+        .map(|s| ns(number(&stats, &["stages", s, "sum_us"])))
         .sum();
-    let total_sum = number(&stats, &["stages", "total", "sum_us"]);
-    assert!(parts <= total_sum && total_sum > 0.0, "stages {parts} vs total {total_sum}");
+    let total_sum = ns(number(&stats, &["stages", "total", "sum_us"]));
+    assert!(parts <= total_sum && total_sum > 0, "stages {parts} ns vs total {total_sum} ns");
     let total = |key: &str| number(&stats, &["stages", "total", key]);
     assert!(total("p50_us") <= total("p90_us"), "{}", stats["stages"]["total"]);
     assert!(total("p90_us") <= total("p99_us"), "{}", stats["stages"]["total"]);
