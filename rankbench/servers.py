@@ -139,6 +139,13 @@ _RUST = dict(language="rust", http="actix", interpreter=None,
              prerequisites=(Prerequisite("file", str(CANDLE_BINARY), "make build"),),
              startup_timeout_s=30.0)
 _PY_CANDLE_EXT = Prerequisite("module", "rankbench_candle", "make build")
+# The Rust server on ONNX Runtime needs the binary and the libonnxruntime of .venv's onnxruntime.
+_RUST_ONNX = dict(_RUST, prerequisites=(
+    *_RUST["prerequisites"],
+    Prerequisite("file", str(max(
+        ROOT.glob(".venv/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so.*"),
+        default=ROOT / ".venv/lib/python3/site-packages/onnxruntime/capi/libonnxruntime.so")),
+        "make setup")))
 PUBLISHED_STACK = "published-stack"
 _FRAMEWORK = dict(language="python", http="fastapi-uvicorn", interpreter=_interpreter_facet(),
                   prerequisites=tuple(Prerequisite("module", m, "make setup")
@@ -221,14 +228,7 @@ REGISTRY: tuple[ServerSpec, ...] = (
                floor="candle-no-model",
                build_command=rust_server(CANDLE_BINARY, "--runtime", "onnx"),
                notes="candle_server --runtime onnx: the ort crate on .venv's libonnxruntime",
-               # The binary, and the library (named here for rust-onnx-batch too).
-               **{**_RUST, "prerequisites": (_RUST_ONNX_NEEDS := (
-                   *_RUST["prerequisites"],
-                   Prerequisite("file", str(max(
-                       ROOT.glob(".venv/lib/python*/site-packages/onnxruntime/capi/"
-                                 "libonnxruntime.so.*"),
-                       default=ROOT / ".venv/lib/python3/site-packages/onnxruntime/capi/"
-                                      "libonnxruntime.so")), "make setup")))}),
+               **_RUST_ONNX),
     # Micro-batching in Rust (issue 15): candle_server --batching, ports the per-request ports + 30.
     ServerSpec("candle-batch", studies=(BATCH,),
                runtime="candle", backend="candle", default_port=8033,
@@ -245,7 +245,7 @@ REGISTRY: tuple[ServerSpec, ...] = (
                variant="micro-batching", floor="candle-no-model-batch",
                build_command=rust_server(CANDLE_BINARY, "--runtime", "onnx", "--batching"),
                notes="rust-onnx with requests coalesced into batches",
-               **{**_RUST, "prerequisites": _RUST_ONNX_NEEDS}),
+               **_RUST_ONNX),
 )
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in REGISTRY}
