@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rankbench.contract import COMPUTE_STAGES
+from rankbench.servers import PUBLISHED_CONCURRENCY
 from rankbench.thresholds import POSITION_EFFECT, RESPONSE_SIZE_TOLERANCE, SPREAD_WARNING
 
 from analysis import figures
@@ -18,6 +19,9 @@ from analysis.comparisons import (CALIBRATION_KEYS, HEADLINE_METRICS, STEPS, Com
                                   calibration_ratios, settings_of)
 from analysis.load import (CEILING, HANDLER_TOTAL, MEASURED_STAGES, PGBENCH, RESOURCE_SIDES,
                            Config, Results)
+from analysis.batching import batching, mean_batch_size, variant
+from analysis.ladder import Ladder, ladder
+from analysis.matrix import RUNTIME_LABELS, Matrix, matrix
 from analysis.stats import Stat, choose_winner
 from analysis.summaries import (PERCENTILES, REFERENCE_LABELS, WRK_KEYS, ServerSummary, Summary,
                                 position_effects)
@@ -188,6 +192,9 @@ def render_report(summary: Summary, configs: list[Config],
         out += notes.lines()
         out += image(f"cpu:{config.slug}", f"CPU per request, {config.label}")
     out += _decompositions(summary, configs)
+    out += _matrices(summary, configs)
+    out += _ladders(summary, configs, image)
+    out += _batching_section(summary, configs)
     out += _wire(summary, configs)
     sweep = [("throughput_vs_concurrency", "goodput vs concurrency"),
              ("p99_vs_throughput", "p99 latency vs goodput"),
@@ -537,6 +544,204 @@ def _step_label(d: Decomposition, step: str) -> str:
     if step == "floors":
         return f"1. floors {d.floor_a.server} − {d.floor_b.server}"
     return f"2. model paths"
+
+
+# --------------------------------------------------------------------------------------------
+# Language x runtime
+
+
+MATRIX_METRICS = (
+    ("goodput (ok/s)", lambda c: c.goodput, "no valid run"),
+    ("server CPU per request (µs)", lambda c: c.cpu_us_per_req.get("server"),
+     "server CPU was not recorded"),
+    ("infer stage (mean µs per request)", lambda c: c.stage_mean_us.get("infer"),
+     "the server reported no infer stage"),
+)
+
+
+def _matrices(summary: Summary, configs: list[Config]) -> list[str]:
+    built = [m for m in (matrix(summary, c) for c in configs) if m is not None]
+    if not built:
+        return []
+    out = ["## Language x runtime", "",
+           "Each server stack (a row: language with its HTTP stack and interpreter) against each "
+           "runtime (a column). A pair in one column holds the runtime constant, so the language "
+           "cost is measured once per runtime; the estimates below agree when their ranges over "
+           "repeats overlap. An empty cell is a combination this run did not measure.", ""]
+    for m in built:
+        out += [f"### {m.config.label}", ""]
+        for title, get, reason in MATRIX_METRICS:
+            notes = Footnotes()
+            rows = [[row] + [struck(m.cells[(row, col)], notes.value(get(m.cells[(row, col)]),
+                                                                      reason))
+                             + f" ({m.cells[(row, col)].server})"
+                             if (row, col) in m.cells else "" for col in m.columns]
+                    for row in m.rows]
+            out += [f"{title}:", "",
+                    table(["stack"] + [RUNTIME_LABELS.get(c, c) for c in m.columns], rows), ""]
+            out += notes.lines()
+        out += _language_costs(m)
+    return out
+
+
+def _language_costs(m: Matrix) -> list[str]:
+    rows = []
+    for e in m.estimates:
+        delta = e.cpu_delta_us
+        rows.append([RUNTIME_LABELS.get(e.runtime, e.runtime),
+                     f"{e.slower.server} − {e.faster.server}", signed(delta.value),
+                     f"{signed(delta.lo)} to {signed(delta.hi)}" if delta.n > 1 else "1 run",
+                     with_spread(e.cpu_ratio, lambda v: f"{v:.2f}×"),
+                     with_spread(e.goodput_ratio, lambda v: f"{v:.2f}×")])
+    out = ["The language cost with the runtime held constant (server CPU µs per request; goodput "
+           "ratio = the leaner server's over the other's):", "",
+           table(["runtime", "pair", "Δ CPU µs/req", "range over repeats", "CPU ratio",
+                  "goodput ratio"], rows, align="ll" + "r" * 4), ""]
+    verdicts = []
+    for a, b, agree in m.agreement():
+        if a.cpu_delta_us.n < 2 or b.cpu_delta_us.n < 2:
+            verdicts.append(f"{RUNTIME_LABELS.get(a.runtime, a.runtime)} and "
+                            f"{RUNTIME_LABELS.get(b.runtime, b.runtime)}: one run each, agreement "
+                            f"unknown")
+        else:
+            verdicts.append(f"{RUNTIME_LABELS.get(a.runtime, a.runtime)} "
+                            f"({signed(a.cpu_delta_us.value)} µs) and "
+                            f"{RUNTIME_LABELS.get(b.runtime, b.runtime)} "
+                            f"({signed(b.cpu_delta_us.value)} µs) "
+                            + ("agree: their ranges overlap" if agree else
+                               "disagree: their ranges do not overlap"))
+    if verdicts:
+        out += ["Estimates: " + "; ".join(verdicts) + ".", ""]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# From the published stack to Candle
+
+
+def _ladders(summary: Summary, configs: list[Config], image) -> list[str]:
+    built = [lad for lad in (ladder(summary, c) for c in configs) if lad is not None]
+    if not built:
+        return []
+    out = ["## From the published stack to Candle", "",
+           "The ladder study's rungs in order (the registry's LADDER_RUNGS): each step changes one "
+           "thing from the rung before it. A step's CPU change is in server CPU µs per request "
+           "(negative: saved), its factor is goodput after / before; both with their range over "
+           "repeats. The steps add up (CPU) and multiply (goodput) to the end-to-end figures by "
+           "construction; their shares say how the whole divides (the goodput share on a log "
+           "scale). Peak RSS is the server process tree's, median over repeats.", ""]
+    for lad in built:
+        notes = Footnotes()
+        entries = ([(cell, step, True) for cell, step in lad.beside]
+                   + [(lad.rungs[0], None, False)]
+                   + [(step.after, step, False) for step in lad.steps])
+        rows = []
+        for cell, step, beside in entries:
+            def share(value: float | None) -> str:
+                return percent(value) if value is not None and not beside else NOT_APPLICABLE
+            rows.append([f"beside: {cell.server}" if beside else cell.server,
+                         notes.value(cell.cpu_us_per_req.get("server"),
+                                     "server CPU was not recorded"),
+                         _with_range(step.cpu_us) if step else NOT_APPLICABLE,
+                         share(step.cpu_share(lad.cpu_total)) if step else NOT_APPLICABLE,
+                         with_spread(cell.goodput),
+                         with_spread(step.goodput_factor, _times) if step else NOT_APPLICABLE,
+                         share(step.goodput_share(lad.goodput_total)) if step else
+                         NOT_APPLICABLE,
+                         notes.value(cell.rss_mb.get("server"), "peak RSS was not recorded"),
+                         (f"from {step.before.server}: {step.change}" if beside else step.change)
+                         if step else "the first rung"])
+        out += [f"### {lad.config.label}", "",
+                table(["rung", "server CPU µs/req", "step Δ CPU", "share of Δ", "goodput (ok/s)",
+                       "step factor", "share of factor", "peak RSS MB", "what the step changes"],
+                      rows, align="l" + "r" * 7 + "l"), ""]
+        out += notes.lines()
+        out += _ladder_totals(lad)
+        out += image(f"ladder:{lad.config.slug}", f"server CPU per rung, {lad.config.label}")
+    return out
+
+
+def _times(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def _with_range(stat: Stat | None) -> str:
+    return NOT_RECORDED if stat is None else signed(stat.value) + _range(stat)
+
+
+def _ladder_totals(lad: Ladder) -> list[str]:
+    first, last = lad.rungs[0].server, lad.rungs[-1].server
+    out = []
+    if lad.cpu_total is not None and lad.goodput_total is not None:
+        out.append(f"End to end, {first} → {last}: server CPU {signed(lad.cpu_total.value)} µs per "
+                   f"request{_range(lad.cpu_total)}, goodput {with_spread(lad.goodput_total, _times)}.")
+    largest = lad.largest_step()
+    if largest is not None:
+        share = largest.goodput_share(lad.goodput_total)
+        out.append(f"The step that moves goodput most: {largest.before.server} → "
+                   f"{largest.after.server}, {_times(largest.goodput_factor.value)}"
+                   + (f" ({percent(share)} of the end-to-end factor on a log scale)"
+                      if share is not None else "") + ".")
+    for p in lad.published:
+        measured = (with_spread(p.measured, _times) if p.measured is not None
+                    else f"n/a ({p.server} answered no 2xx response)")
+        out.append(f"{last} / {p.server} goodput: {measured} here; the published study: "
+                   f"{_times(p.published)}"
+                   + (" (this configuration has the study's load shape: "
+                      f"{lad.config.concurrency} closed-loop connections)" if lad.study_shape
+                      else f" (the study's load shape is concurrency "
+                           f"{PUBLISHED_CONCURRENCY}; this is {lad.config.concurrency})") + ".")
+    return [" ".join(out), ""] if out else []
+
+
+# --------------------------------------------------------------------------------------------
+# Batching vs language
+
+
+def _batching_section(summary: Summary, configs: list[Config]) -> list[str]:
+    built = [b for b in (batching(summary, c) for c in configs) if b is not None]
+    if not built:
+        return []
+    out = ["## Batching vs language", "",
+           "Micro-batching servers (the `micro-batching` variant: requests queued while a batch is "
+           "served go out together, one widened query pair and one inference call) beside the "
+           "per-request servers they vary. CPU per request is pooled over repeats; the mean batch "
+           "size is requests per batch from the server's own /stats. Factors are batching / "
+           "per-request (goodput: higher is better; latency: lower is better), with the range of "
+           "same-repeat ratios.", ""]
+    for b in built:
+        notes = Footnotes()
+        rows = []
+        for cell in b.cells:
+            size = mean_batch_size(cell)
+            rows.append([cell.display_name, variant(cell) or "?",
+                         struck(cell, with_spread(cell.goodput)),
+                         notes.value(cell.cpu_us_per_req.get("server"),
+                                     "server CPU was not recorded"),
+                         notes.value(cell.cpu_us_per_req.get("db"),
+                                     "database CPU was not recorded"),
+                         notes.value(_ms(cell.latency_us.get(50)), "not recorded"),
+                         notes.value(_ms(cell.latency_us.get(99)), "not recorded"),
+                         num(size) if size is not None else NOT_APPLICABLE])
+        out += [f"### {b.config.label}", "",
+                table(["server", "variant", "goodput (ok/s)", "server CPU µs/req",
+                       "database CPU µs/req", "p50 ms", "p99 ms", "mean batch size"], rows,
+                      align="ll" + "r" * 6), ""]
+        out += notes.lines()
+        for pair in b.pairs:
+            out.append(f"- {pair.batching.server} / {pair.per_request.server}: goodput "
+                       f"{with_spread(pair.goodput_factor, _times)}, p50 "
+                       f"{with_spread(pair.p50_factor, _times)}, p99 "
+                       f"{with_spread(pair.p99_factor, _times)}.")
+        for python, rust, factor in b.across:
+            out.append(f"- {python.server} / {rust.server} ({rust.facts.get('variant')}): goodput "
+                       f"{with_spread(factor, _times)}.")
+        out.append("")
+    return out
+
+
+def _ms(stat: Stat | None) -> Stat | None:
+    return stat.scaled(1e-3) if stat is not None else None
 
 
 # --------------------------------------------------------------------------------------------
