@@ -12,6 +12,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rankbench.contract import COMPUTE_STAGES
 
+from analysis.ladder import ladder
 from analysis.load import CEILING, PGBENCH, RESOURCE_SIDES, Config
 from analysis.summaries import REFERENCE_LABELS, ServerSummary, Summary
 
@@ -57,6 +58,11 @@ def write_all(summary: Summary, configs: list[Config], folder: Path) -> dict[str
         if any(c.cpu_us_per_req.get(side) for c in rows for side in RESOURCE_SIDES):
             written[f"cpu:{config.slug}"] = _save(cpu_figure(config, rows),
                                                   folder / f"cpu_{config.slug}.png")
+    for config in configs:
+        built = ladder(summary, config)
+        if built is not None:
+            written[f"ladder:{config.slug}"] = _save(waterfall_figure(built),
+                                                     folder / f"ladder_{config.slug}.png")
     palette = colours(summary)
     scenarios = sorted({c.scenario for c in summary.configs})
     for scenario in scenarios:
@@ -175,6 +181,40 @@ def cpu_figure(config: Config, cells: list[ServerSummary]) -> Figure:
     ax.set_xlabel("CPU µs per request")
     ax.set_title(f"CPU cost per request — {config.label}", fontsize=11)
     _legend(fig, [ax], ncol=3)
+    return fig
+
+
+def waterfall_figure(ladder) -> Figure:
+    """Server CPU per request down the ladder (analysis.ladder.Ladder): one bar per rung, each
+    step's change between the bars it joins; the servers beside the first rung drawn apart."""
+    beside = [cell for cell, _ in ladder.beside]
+    cells = beside + ladder.rungs
+    values = [c.cpu_us_per_req["server"].value if c.cpu_us_per_req.get("server") else None
+              for c in cells]
+    fig = _figure(1.6 + 1.05 * len(cells), 4.2)
+    ax = fig.subplots()
+    xs = list(range(len(cells)))
+    for x, cell, value in zip(xs, cells, values):
+        if value is None:
+            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
+            continue
+        ax.bar(x, value, width=0.62, color="#bab0ac" if cell in beside else "#4e79a7",
+               hatch="//" if cell in beside else None, edgecolor="white")
+        ax.text(x, value, _three_digits(value), ha="center", va="bottom", fontsize=8)
+    top = max((v for v in values if v is not None), default=1.0)
+    offset = len(beside)
+    for i, step in enumerate(ladder.steps):
+        if step.cpu_us is None:
+            continue
+        x = offset + i + 0.5
+        ax.annotate(f"{step.cpu_us.value:+,.0f}", (x, top * 1.1), ha="center", fontsize=8,
+                    color="#d62728" if step.cpu_us.value > 0 else "#2ca02c")
+    ax.set_xticks(xs, [c.server for c in cells], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, top * 1.22)
+    ax.set_ylabel("server CPU µs per request")
+    ax.set_title(f"From the published stack to Candle — {ladder.config.label}\n"
+                 "(numbers between bars: the step's change in µs; hatched: beside the ladder)",
+                 fontsize=10)
     return fig
 
 

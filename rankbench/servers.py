@@ -265,6 +265,16 @@ def study(name: str, registry: dict[str, ServerSpec] | None = None) -> tuple[str
     return tuple(n for n, spec in registry.items() if name in spec.studies)
 
 
+# The ladder study's rungs in order, from the published stack down to Candle: each changes one thing
+# from the one before it (analysis: "From the published stack to Candle"). seed-torch stands beside
+# the first rung (the published stack on PyTorch). The published study's requests/s (2 cores, 10
+# Locust users): what the report sets its measured ratios beside.
+LADDER_RUNGS = ("seed-onnx", "seed-onnx-1t", "fastapi-onnx", "py-onnx", "py-candle", "candle")
+LADDER_BESIDE = ("seed-torch",)
+PUBLISHED_RPS = {"seed-torch": 222.0, "seed-onnx": 80.0, "candle": 994.0}
+PUBLISHED_CONCURRENCY = 10
+
+
 def with_name(spec: ServerSpec, name: str, port: int) -> ServerSpec:
     """The same server registered under another name and port (the recipe test uses it)."""
     return replace(spec, name=name, default_port=port)
