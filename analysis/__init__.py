@@ -25,9 +25,9 @@ def write_report(results_dir: str | Path, *, all_configs: bool = False) -> Path:
     """
     from analysis.aggregate import summarize
     from analysis.format import write_report as _write
-    from analysis.load import load_results
+    from analysis.load import closed_loop, load_results
 
-    results = load_results(results_dir)
+    results = closed_loop(load_results(results_dir))
     return _write(summarize(results), all_configs=all_configs)
 
 

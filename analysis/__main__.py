@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             from analysis.aggregate import summarize
             from analysis.comparisons import compare as compare_summaries
             from analysis.format import render_compare
-            from analysis.load import load_results
-            a = summarize(load_results(args.a))
-            b = summarize(load_results(args.b))
+            from analysis.load import closed_loop, load_results
+            a = summarize(closed_loop(load_results(args.a)))
+            b = summarize(closed_loop(load_results(args.b)))
             sys.stdout.write(render_compare(a, b, *compare_summaries(a, b)))
     except ResultsError as exc:
         print(f"analysis: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,21 @@ class Results:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     out[entry["server"]] = float(value)
         return out
+
+
+OPEN_LOOP = "open-loop"  # client.mode of an open-loop run (bench/openloop.py)
+
+
+def closed_loop(results: Results) -> Results:
+    """The results without their open-loop runs (make bench-slo's fixed-rate runs), which
+    analysis.slo_report reports; a note says how many were left out."""
+    kept = [r for r in results.runs if (r.record.get("client") or {}).get("mode") != OPEN_LOOP]
+    left = len(results.runs) - len(kept)
+    if not left:
+        return results
+    note = (f"{left} open-loop run(s) at fixed arrival rates are not in this report: slo.md in "
+            f"this folder reports them (python -m analysis.slo_report {results.path})")
+    return replace(results, runs=kept, notes=[*results.notes, note])
 
 
 def load_results(folder: str | Path) -> Results:

@@ -184,3 +184,33 @@ def test_facets_from_env_json_then_the_registry_then_unknown():
     assert server_facts("candle", None).source == "registry"
     unknown = server_facts("py-experimental", None)
     assert not unknown.known and unknown.source == "unknown" and unknown.role is None
+
+
+def test_open_loop_runs_are_left_to_the_slo_report(tmp_path):
+    """make bench-slo's folder holds closed-loop and open-loop runs; the main report and compare
+    read the closed-loop ones and say how many open-loop runs they left to slo.md."""
+    import shutil
+
+    from analysis import write_report
+
+    records = read_records(FIXTURES / "hand")
+    open_loop = [{**r, "scenario": "slo", "concurrency": 7,
+                  "client": {**r["client"], "tool": "oha", "mode": "open-loop"}}
+                 for r in records if r["server"] == "candle"]
+    folder = tmp_path / "r"
+    write_records(folder, records + open_loop)
+    for name in ("env.json", "verify.json"):
+        shutil.copy(FIXTURES / "hand" / name, folder / name)
+    md = write_report(folder).read_text()
+    assert "slo, 10 items/request" not in md and "concurrency 7" not in md
+    assert (f"{len(open_loop)} open-loop run(s) at fixed arrival rates are not in this report: "
+            "slo.md in this folder reports them") in md
+    # without them, the report is the hand fixture's own
+    plain = tmp_path / "plain"
+    shutil.copytree(FIXTURES / "hand", plain)
+    headline = write_report(plain).read_text()
+    assert md[md.index("## Headline"):md.index("## Invalid runs")] == \
+        headline[headline.index("## Headline"):headline.index("## Invalid runs")]
+    compared = run_cli("compare", str(plain), str(folder))
+    assert compared.returncode == 0, compared.stderr
+    assert "concurrency 7" not in compared.stdout and "slo, " not in compared.stdout
