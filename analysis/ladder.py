@@ -103,8 +103,7 @@ def _step(before: ServerSummary, after: ServerSummary) -> Step:
     change = pair_sentence(fa, fb)
     if change is None:
         change = f"changes several facets ({', '.join(differing_facets(fa, fb))})"
-    note = fb.get("notes")
-    if note:
-        change += f"; {after.server}: {note}"
+    if after.facts.notes:
+        change += f" ({after.server}: {after.facts.notes})"
     return Step(before, after, change, _cpu_delta(before, after),
                 ratio_stat(after.goodput, before.goodput))

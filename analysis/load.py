@@ -167,6 +167,7 @@ class ServerFacts:
     facets: dict[str, Any] | None     # FACET_KEYS (+ "name"); None: facets unknown
     source: str                       # "env.json" | "registry" | "env.json + registry" | "unknown"
     from_registry: tuple[str, ...] = ()   # facet keys filled from rankbench.servers.SERVERS
+    notes: str = ""                       # the registry's one line on what the server is
 
     @property
     def known(self) -> bool:
@@ -300,7 +301,9 @@ def server_facts(name: str, env: dict[str, Any] | None) -> ServerFacts:
         return ServerFacts(name, None, "unknown")
     source = ("registry" if len(filled) == len(FACET_KEYS) else
               "env.json + registry" if filled else "env.json")
-    return ServerFacts(name, facets, source, tuple(filled))
+    notes = recorded.get("notes", described.get("notes"))
+    return ServerFacts(name, facets, source, tuple(filled),
+                       notes if isinstance(notes, str) else "")
 
 
 def parse_record(record: Any, source: str) -> Run:

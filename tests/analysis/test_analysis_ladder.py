@@ -39,7 +39,8 @@ def ladder_report(tmp_path) -> str:
     return renamed_report(
         tmp_path, {"py-torch": "seed-onnx", "py-none": "seed-torch"},
         {"seed-onnx": {**PUBLISHED, "runtime": "onnxruntime", "role": "model"},
-         "seed-torch": {**PUBLISHED, "runtime": "torch", "role": "model"}})
+         "seed-torch": {**PUBLISHED, "runtime": "torch", "role": "model"},
+         "py-onnx": {"notes": "no framework at all"}})
 
 
 def test_the_ladder_steps_in_registry_order_with_their_shares(tmp_path):
@@ -58,6 +59,9 @@ def test_the_ladder_steps_in_registry_order_with_their_shares(tmp_path):
     assert table_cell(md, "seed-onnx", "step Δ CPU") == "—"
     assert "changes several facets (language, http, runtime, interpreter)" in \
         table_cell(md, "candle", "what the step changes")
+    # a step names what its server is, from the registry's notes that env.json recorded
+    assert table_cell(md, "py-onnx", "what the step changes").endswith(
+        "(py-onnx: no framework at all)")
     assert "End to end, seed-onnx → candle: server CPU -490 µs per request" in md
     assert "The step that moves goodput most: py-onnx → candle, 2.40×" in md
 

@@ -2,7 +2,8 @@
 
 Servers are chosen and started by the one launcher, tests/servers.py (RANKBENCH_SERVERS selects;
 default: every registered server whose prerequisites exist). RANKBENCH_WORKERS: comma list of
---workers values; default "1,2". Each (server, workers) pair is started once per session on a free
+--workers values; default "1,2" (RANKBENCH_WORKERS_OTHER: the values for servers outside the main
+study, default the same). Each (server, workers) pair is started once per session on a free
 port, waited for until GET /health answers 200, and stopped with SIGTERM (then SIGKILL).
 """
 from __future__ import annotations
@@ -22,18 +23,28 @@ if str(_TESTS) not in sys.path:
 import servers as launcher  # noqa: E402  (tests/servers.py)
 from servers import RunningServer  # noqa: E402,F401
 
-from rankbench.servers import SERVERS, ServerSpec  # noqa: E402
+from rankbench.servers import MAIN, SERVERS, ServerSpec  # noqa: E402
+
+
+def _workers(variable: str, default: str) -> list[int]:
+    raw = os.environ.get(variable, default)
+    try:
+        return [int(w) for w in raw.split(",") if w.strip()]
+    except ValueError:
+        raise pytest.UsageError(f"{variable} must be a comma list of integers, "
+                                f"got {raw!r}") from None
 
 
 def _selection() -> tuple[list[tuple[str, int]], bool]:
+    """Every selected server at every RANKBENCH_WORKERS value; a server outside the main study
+    (a ladder rung, a batching variant, another interpreter) at RANKBENCH_WORKERS_OTHER when that
+    is set (CI: 2, the multi-process path; the fault suite runs every server with 1 worker)."""
     names, explicit = launcher.selection()
-    raw_workers = os.environ.get("RANKBENCH_WORKERS", "1,2")
-    try:
-        workers = [int(w) for w in raw_workers.split(",") if w.strip()]
-    except ValueError:
-        raise pytest.UsageError(f"RANKBENCH_WORKERS must be a comma list of integers, "
-                                f"got {raw_workers!r}") from None
-    return [(n, w) for n in names for w in workers], explicit
+    workers = _workers("RANKBENCH_WORKERS", "1,2")
+    other = _workers("RANKBENCH_WORKERS_OTHER", ",".join(map(str, workers)))
+    return [(n, w) for n in names
+            for w in (workers if n not in SERVERS or MAIN in SERVERS[n].studies else other)], \
+        explicit
 
 
 CASES, EXPLICIT = _selection()
