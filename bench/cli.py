@@ -56,11 +56,18 @@ def run_study(tool: str, run: Callable[[], int], results_dir: Callable[[], Path 
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None, registry=None) -> int:
+def resolve_or_exit(tool: str, resolve: Callable[[list[str] | None], tuple],
+                    argv: list[str] | None) -> tuple:
+    """`resolve(argv)` of a study's command line (bench, profile, slo); a settings error is one line
+    on stderr and exit status 2, as argparse exits for a bad flag."""
     try:
-        settings, args = resolve(argv)
+        return resolve(argv)
     except SettingsError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
+        print(f"{tool}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None, registry=None) -> int:
+    settings, args = resolve_or_exit("bench", resolve, argv)
     bench = Bench(settings, registry=registry, dry_run=args.dry_run)
     return run_study("bench", bench.run, lambda: bench.results_dir, bench.supervisor)

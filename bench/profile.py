@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import sys
 
-from bench.cli import run_study
+from bench.cli import resolve_or_exit, run_study
 from bench.profiling.session import ProfileSession
 from bench.profiling.settings import resolve
 from bench.profiling.tools import ProfilerUnavailable
-from bench.settings import SettingsError
 
 
 def main(argv: list[str] | None = None, registry=None) -> int:
-    try:
-        settings, profiler, args = resolve(argv)
-    except SettingsError as exc:
-        print(f"profile: {exc}", file=sys.stderr)
-        return 2
+    settings, profiler, args = resolve_or_exit("profile", resolve, argv)
     session = ProfileSession(settings, profiler, registry=registry, flamegraphs=args.flamegraphs,
                              keep_perf_data=args.keep_perf_data)
     return run_study("profile", lambda: session.run(dry_run=args.dry_run),

@@ -32,7 +32,7 @@ from pathlib import Path
 from rankbench import config, slo as rules
 
 from bench import loadgen_compare, openloop, plan, records
-from bench.cli import run_study
+from bench.cli import resolve_or_exit, run_study
 from bench.results import ResultsFolder, utc
 from bench.runner import Bench, MeasuredLoad
 from bench.serverproc import HOST, BenchError, RunningServer
@@ -412,11 +412,7 @@ def resolve_slo(argv: list[str] | None, environ=None) -> tuple[Settings, SloSett
 
 
 def main(argv: list[str] | None = None, registry=None) -> int:
-    try:
-        settings, slo, args = resolve_slo(argv)
-    except SettingsError as exc:
-        print(f"slo: {exc}", file=sys.stderr)
-        return 2
+    settings, slo, args = resolve_or_exit("slo", resolve_slo, argv)
     study = SloStudy(settings, slo, registry=registry, dry_run=args.dry_run)
     return run_study("slo", study.run, lambda: study.bench.results_dir, study.bench.supervisor)
 

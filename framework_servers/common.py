@@ -17,8 +17,7 @@ import hmac
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import orjson
 from fastapi import FastAPI, HTTPException
@@ -28,30 +27,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from py_servers.stats import SharedStats, StatsRecorder
+from rankbench.serverflags import CommonSettings
 
 _now = time.perf_counter_ns
 UNAUTHORIZED = "missing or invalid API key"
 
 
 @dataclass(frozen=True)
-class Settings:
-    server_name: str
+class Settings(CommonSettings):
     stack: str                # "seed" (the published stack) or "fastapi" (the framework alone)
     backend: str              # reported in /stats
     runtime_threads: str      # "default" (the runtime's own) or "one"
-    host: str
-    port: int
-    dsn: str
-    workers: int
-    pool_size: int
-    model_dir: Path
     access_log: bool
-    api_key: str | None = field(default=None, repr=False)
-
-    def pool_share(self, worker: int) -> int:
-        """--pool-size is the total over all workers; at least one connection each."""
-        base, extra = divmod(self.pool_size, self.workers)
-        return max(1, base + (1 if worker < extra else 0))
 
 
 class Worker:

@@ -26,8 +26,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 from py_servers.backends import BACKENDS, BackendError, check_backend  # noqa: E402
 from py_servers.stats import SharedStats  # noqa: E402
@@ -42,36 +41,19 @@ SUPERVISOR_KILL_S = 4.5     # parent: SIGKILL what is still running after this
 
 
 @dataclass(frozen=True)
-class Settings:
-    server_name: str          # reported in /health, /stats and the Server header
+class Settings(serverflags.CommonSettings):
     backend: str
-    host: str
-    port: int
-    dsn: str
-    workers: int
-    pool_size: int
-    model_dir: Path
     timers: bool
-    api_key: str | None = field(default=None, repr=False)    # never printed
     batching: bool = False         # the micro-batching variant (py_servers/batching.py)
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_us: int = 0
     batches_in_flight: int | None = None     # total over the workers; None: --pool-size
 
-    def pool_share(self, worker: int) -> int:
-        """--pool-size is the total over all workers; at least one connection each."""
-        return _share(self.pool_size, self.workers, worker)
-
     def batch_slots(self, worker: int) -> int:
         """--batches-in-flight is the total over all workers, split like --pool-size (so never more
         than a worker's pool share); default: the pool share."""
         total = self.pool_size if self.batches_in_flight is None else self.batches_in_flight
-        return _share(total, self.workers, worker)
-
-
-def _share(total: int, workers: int, worker: int) -> int:
-    base, extra = divmod(total, workers)
-    return max(1, base + (1 if worker < extra else 0))
+        return serverflags.share(total, self.workers, worker)
 
 
 def parse_args(argv: list[str] | None) -> Settings:

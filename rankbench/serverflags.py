@@ -1,14 +1,40 @@
 """The contract's common command line of every Python server (py_servers, framework_servers): the
-flags and their checks, once. Importing it starts nothing (no runtime, no thread pool)."""
+flags, their checks and the settings they become, once. Importing it starts nothing (no runtime, no
+thread pool)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from rankbench import config
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    """The common flags' values; each server's `Settings` adds its own fields."""
+    server_name: str          # reported in /health, /stats and the Server header
+    host: str
+    port: int
+    dsn: str
+    workers: int
+    pool_size: int
+    model_dir: Path
+    api_key: str | None = field(default=None, repr=False)    # never printed
+
+    def pool_share(self, worker: int) -> int:
+        """--pool-size is the total over all workers; at least one connection each."""
+        return share(self.pool_size, self.workers, worker)
+
+
+def share(total: int, workers: int, worker: int) -> int:
+    """Worker `worker`'s part of `total` split over `workers` (the first ones take the remainder),
+    at least one."""
+    base, extra = divmod(total, workers)
+    return max(1, base + (1 if worker < extra else 0))
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

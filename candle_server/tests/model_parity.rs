@@ -31,17 +31,14 @@ fn scores_match_numpy_forward_pass() {
 
 #[test]
 fn batch_size_does_not_change_scores() {
-    let fixture = parity_fixture();
+    // One row at a time (score_slice), and a large batch (gemm takes other kernel paths).
     let net = model();
-    for (row, &want) in fixture.inputs.iter().zip(&fixture.scores) {
-        let single = net.score_slice(row).expect("one row");
-        assert_close(&single, &[want]);
-    }
-    // A large batch (gemm takes other kernel paths) gives the same per-row scores.
-    let repeats = 64;
-    let rows: Vec<f32> = (0..repeats).flat_map(|_| fixture.inputs.concat()).collect();
-    let want: Vec<f64> = (0..repeats).flat_map(|_| fixture.scores.clone()).collect();
-    assert_close(&net.score_rows(rows).expect("big batch"), &want);
+    common::assert_batch_size_does_not_change_scores(
+        "candle",
+        &parity_fixture(),
+        |row| net.score_slice(row).expect("one row"),
+        |rows| net.score_rows(rows).expect("big batch"),
+    );
 }
 
 #[test]

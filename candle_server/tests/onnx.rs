@@ -30,13 +30,12 @@ fn scores_match_numpy_forward_pass_on_every_row() {
     }
     assert_close(&net.scores(rows).expect("batch"), &fixture.scores);
     // One row at a time, and a large batch: the same per-row scores.
-    for (row, &want) in fixture.inputs.iter().zip(&fixture.scores) {
-        assert_close(&net.scores(row.clone()).expect("one row"), &[want]);
-    }
-    let repeats = 64;
-    let rows: Vec<f32> = (0..repeats).flat_map(|_| fixture.inputs.concat()).collect();
-    let want: Vec<f64> = (0..repeats).flat_map(|_| fixture.scores.clone()).collect();
-    assert_close(&net.scores(rows).expect("big batch"), &want);
+    common::assert_batch_size_does_not_change_scores(
+        "onnx",
+        &fixture,
+        |row| net.scores(row.to_vec()).expect("one row"),
+        |rows| net.scores(rows).expect("big batch"),
+    );
 }
 
 #[test]

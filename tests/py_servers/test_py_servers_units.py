@@ -203,12 +203,17 @@ class _ReverseApp:
     error_body = staticmethod(lambda message: json.dumps({"error": message}).encode())
 
 
+def _connection(app=None, protocol_class=HttpProtocol):
+    app = app or _ReverseApp()
+    protocol = protocol_class(app, ResponseHead("py-test"))
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return app, protocol, transport
+
+
 def test_pipelined_responses_leave_in_request_order():
     async def scenario():
-        app = _ReverseApp()
-        protocol = HttpProtocol(app, ResponseHead("py-test"))
-        transport = _Transport()
-        protocol.connection_made(transport)
+        app, protocol, transport = _connection()
         protocol.data_received(b"".join(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
         assert [r.url for _, r in app.pending] == [b"/r0", b"/r1", b"/r2"]
         for index in (2, 1):            # the later requests finish first: nothing may be written
@@ -225,10 +230,7 @@ def test_pipelined_responses_leave_in_request_order():
 
 def test_malformed_request_answered_after_earlier_ones_then_closed():
     async def scenario():
-        app = _ReverseApp()
-        protocol = HttpProtocol(app, ResponseHead("py-test"))
-        transport = _Transport()
-        protocol.connection_made(transport)
+        app, protocol, transport = _connection()
         protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nBROKEN\r\n\r\n")
         assert transport.writes == []   # the 400 waits for the first answer
         conn, request = app.pending[0]
@@ -269,14 +271,6 @@ def test_bind_refuses_a_port_someone_already_serves():
 
 
 # -- protocol-level fixes: HTTP/0.9, unfinished header line, drain, API key ----------------------
-def _connection(app=None, protocol_class=HttpProtocol):
-    app = app or _ReverseApp()
-    protocol = protocol_class(app, ResponseHead("py-test"))
-    transport = _Transport()
-    protocol.connection_made(transport)
-    return app, protocol, transport
-
-
 def test_request_line_without_version_is_400_and_closes():
     async def scenario():
         app, protocol, transport = _connection()

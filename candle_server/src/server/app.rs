@@ -10,7 +10,7 @@ use actix_web::dev::{Payload, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::web::{self, BytesMut, Data};
-use actix_web::{App, Error, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{App, Error, HttpMessage, HttpRequest, HttpResponse, Resource, Route};
 use futures_util::StreamExt;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -136,27 +136,18 @@ pub fn build_app(
         .app_data(state)
         .app_data(worker)
         .wrap(from_fn(guard))
-        .service(
-            web::resource("/rank")
-                .route(web::post().to(rank))
-                .default_service(web::to(|req, body| wrong_method(req, body, "POST"))),
-        )
-        .service(
-            web::resource("/health")
-                .route(web::get().to(health))
-                .default_service(web::to(|req, body| wrong_method(req, body, "GET"))),
-        )
-        .service(
-            web::resource("/stats")
-                .route(web::get().to(stats))
-                .default_service(web::to(|req, body| wrong_method(req, body, "GET"))),
-        )
-        .service(
-            web::resource("/stats/reset")
-                .route(web::post().to(reset_stats))
-                .default_service(web::to(|req, body| wrong_method(req, body, "POST"))),
-        )
+        .service(method_resource("/rank", web::post().to(rank), "POST"))
+        .service(method_resource("/health", web::get().to(health), "GET"))
+        .service(method_resource("/stats", web::get().to(stats), "GET"))
+        .service(method_resource("/stats/reset", web::post().to(reset_stats), "POST"))
         .default_service(web::to(not_found))
+}
+
+/// `path` answered by `route`; any other method gets 405 with `Allow: allow`.
+fn method_resource(path: &str, route: Route, allow: &'static str) -> Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move |req, body| wrong_method(req, body, allow)))
 }
 
 /// Runs around every request: checks the API key when one is configured (before anything else,

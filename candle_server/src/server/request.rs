@@ -121,9 +121,13 @@ enum RawBody {
     Object { user_id: Option<JsonInt>, item_ids: Option<IdList>, top_k: Option<JsonInt> },
 }
 
-/// Shared "anything but what we wanted" handling: drain the value, report its kind.
+/// Shared by the visitors that take any JSON value and report what kind stood where they wanted
+/// one: `expecting`, and "anything but what we wanted" (drain the value, report its kind).
 macro_rules! other_kinds {
     ($result:expr) => {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             Ok($result("a boolean"))
         }
@@ -191,10 +195,6 @@ struct JsonIntVisitor;
 impl<'de> Visitor<'de> for JsonIntVisitor {
     type Value = JsonInt;
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonInt, E> {
         Ok(JsonInt::Int(v))
     }
@@ -221,10 +221,6 @@ struct IdListVisitor;
 
 impl<'de> Visitor<'de> for IdListVisitor {
     type Value = IdList;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdList, A::Error> {
         let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(MAX_ITEMS));

@@ -64,6 +64,24 @@ pub fn assert_close(runtime: &str, got: &[f32], want: &[f64]) {
     }
 }
 
+/// Each fixture row scored alone by `score_one`, then the 16 rows 64 times over in one call to
+/// `score_many` (a large batch takes other kernel paths): the same per-row scores, each within
+/// [`PARITY_TOLERANCE`] of numpy's.
+pub fn assert_batch_size_does_not_change_scores(
+    runtime: &str,
+    fixture: &ParityFixture,
+    mut score_one: impl FnMut(&[f32]) -> Vec<f32>,
+    mut score_many: impl FnMut(Vec<f32>) -> Vec<f32>,
+) {
+    for (row, &want) in fixture.inputs.iter().zip(&fixture.scores) {
+        assert_close(runtime, &score_one(row.as_slice()), &[want]);
+    }
+    let repeats = 64;
+    let rows: Vec<f32> = (0..repeats).flat_map(|_| fixture.inputs.concat()).collect();
+    let want: Vec<f64> = (0..repeats).flat_map(|_| fixture.scores.clone()).collect();
+    assert_close(runtime, &score_many(rows), &want);
+}
+
 #[cfg(feature = "server")]
 mod server {
     use actix_web::body::MessageBody;
