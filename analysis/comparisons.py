@@ -63,7 +63,7 @@ def facet_pairs(summary: Summary, config: Config) -> list[FacetPair]:
         if facet is None:
             continue
         out.append(FacetPair(config, a, b, facet, pair_sentence(a.facts.facets, b.facts.facets),
-                             _difference(a, b), ratio_stat(a.goodput, b.goodput)))
+                             cpu_difference(a, b), ratio_stat(a.goodput, b.goodput)))
     return out
 
 
@@ -71,7 +71,8 @@ def _server_cpu(cell: ServerSummary) -> Stat | None:
     return cell.cpu_us_per_req.get("server")
 
 
-def _difference(a: ServerSummary, b: ServerSummary) -> Stat | None:
+def cpu_difference(a: ServerSummary, b: ServerSummary) -> Stat | None:
+    """Server CPU µs per request, a - b, with its per-repeat spread; None unless both recorded."""
     sa, sb = _server_cpu(a), _server_cpu(b)
     return combine([(1, sa), (-1, sb)]) if sa is not None and sb is not None else None
 

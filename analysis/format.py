@@ -591,8 +591,8 @@ def _language_costs(m: Matrix) -> list[str]:
         rows.append([RUNTIME_LABELS.get(e.runtime, e.runtime),
                      f"{e.slower.server} − {e.faster.server}", signed(delta.value),
                      f"{signed(delta.lo)} to {signed(delta.hi)}" if delta.n > 1 else "1 run",
-                     with_spread(e.cpu_ratio, lambda v: f"{v:.2f}×"),
-                     with_spread(e.goodput_ratio, lambda v: f"{v:.2f}×")])
+                     with_spread(e.cpu_ratio, _times),
+                     with_spread(e.goodput_ratio, _times)])
     out = ["The language cost with the runtime held constant (server CPU µs per request; goodput "
            "ratio = the leaner server's over the other's):", "",
            table(["runtime", "pair", "Δ CPU µs/req", "range over repeats", "CPU ratio",

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from rankbench.servers import (LADDER_BESIDE, LADDER_RUNGS, PUBLISHED_CONCURRENCY, PUBLISHED_RPS,
                                differing_facets, pair_sentence)
 
-from analysis.comparisons import comparable
+from analysis.comparisons import comparable, cpu_difference
 from analysis.load import Config
-from analysis.stats import Stat, combine, ratio_stat
+from analysis.stats import Stat, ratio_stat
 from analysis.summaries import ServerSummary, Summary
 
 
@@ -89,13 +89,8 @@ def ladder(summary: Summary, config: Config) -> Ladder | None:
                            ratio_stat(last.goodput, present[name].goodput))
                  for name in PUBLISHED_RPS
                  if name != last.server and name in present and last.server in PUBLISHED_RPS]
-    return Ladder(config, rungs, steps, beside, _cpu_delta(first, last),
+    return Ladder(config, rungs, steps, beside, cpu_difference(last, first),
                   ratio_stat(last.goodput, first.goodput), published)
-
-
-def _cpu_delta(before: ServerSummary, after: ServerSummary) -> Stat | None:
-    a, b = before.cpu_us_per_req.get("server"), after.cpu_us_per_req.get("server")
-    return combine([(1, b), (-1, a)]) if a is not None and b is not None else None
 
 
 def _step(before: ServerSummary, after: ServerSummary) -> Step:
@@ -105,5 +100,5 @@ def _step(before: ServerSummary, after: ServerSummary) -> Step:
         change = f"changes several facets ({', '.join(differing_facets(fa, fb))})"
     if after.facts.notes:
         change += f" ({after.server}: {after.facts.notes})"
-    return Step(before, after, change, _cpu_delta(before, after),
+    return Step(before, after, change, cpu_difference(after, before),
                 ratio_stat(after.goodput, before.goodput))
