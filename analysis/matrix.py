@@ -74,7 +74,7 @@ def matrix(summary: Summary, config: Config) -> Matrix | None:
         if (row, runtime) in grid:  # two servers with the same facets: the grid cannot hold both
             continue
         grid[(row, runtime)] = cell
-        if row not in rows:
+        if row not in rows:  # cells come in report order: a row sits where its first server does
             rows.append(row)
     present = {runtime for _, runtime in grid}
     columns = [r for r in RUNTIME_ORDER if r in present] + sorted(present - set(RUNTIME_ORDER))
@@ -84,8 +84,6 @@ def matrix(summary: Summary, config: Config) -> Matrix | None:
                                   if e.runtime in RUNTIME_ORDER else len(RUNTIME_ORDER), e.runtime))
     if len(rows) < 2 or not estimates:
         return None
-    rows.sort(key=lambda r: min(summary.servers_in(config).index(grid[(r, c)])
-                                for c in columns if (r, c) in grid))
     return Matrix(config, rows, columns, grid, estimates)
 
 
